@@ -1,0 +1,94 @@
+"""Storage through fsspec URLs: local paths, gs:// (gcsfs), s3://, memory://.
+
+Nothing in raysae assumes a local disk. Writers that must never leave a half-written
+file (checkpoints, activation shards, frontier files) use `atomic_write`: the bytes go
+to a temporary name beside the target and are renamed into place only when complete,
+so a crash leaves either the old file or the new one, never a torn one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import uuid
+from typing import Iterator
+
+import fsspec
+
+
+def fs_and_path(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem and the in-filesystem path for `url`."""
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs, path
+
+
+def join(url: str, *parts: str) -> str:
+    """Join URL path components with '/' (works for local paths and scheme://)."""
+    out = url.rstrip("/")
+    for p in parts:
+        out = out + "/" + p.strip("/")
+    return out
+
+
+def open_url(url: str, mode: str = "rb"):
+    fs, path = fs_and_path(url)
+    return fs.open(path, mode)
+
+
+def exists(url: str) -> bool:
+    fs, path = fs_and_path(url)
+    return fs.exists(path)
+
+
+def makedirs(url: str) -> None:
+    fs, path = fs_and_path(url)
+    fs.makedirs(path, exist_ok=True)
+
+
+def listdir(url: str) -> list[str]:
+    """Base names of the entries directly under `url` (empty if it does not exist)."""
+    fs, path = fs_and_path(url)
+    if not fs.exists(path):
+        return []
+    return sorted(os.path.basename(p.rstrip("/")) for p in fs.ls(path, detail=False))
+
+
+def remove(url: str, recursive: bool = False) -> None:
+    fs, path = fs_and_path(url)
+    if fs.exists(path):
+        fs.rm(path, recursive=recursive)
+
+
+def read_bytes(url: str) -> bytes:
+    with open_url(url, "rb") as f:
+        return f.read()
+
+
+def write_bytes_atomic(url: str, data: bytes) -> None:
+    """Write `data` to `url` so that readers see the old file or the whole new one."""
+    fs, path = fs_and_path(url)
+    parent = os.path.dirname(path)
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:12]}"
+    try:
+        with fs.open(tmp, "wb") as f:
+            f.write(data)
+        fs.mv(tmp, path)
+    finally:
+        if fs.exists(tmp):
+            fs.rm(tmp)
+
+
+@contextlib.contextmanager
+def atomic_write(url: str) -> Iterator[io.BytesIO]:
+    """`with atomic_write(url) as f: f.write(...)` — published only if the block succeeds."""
+    buf = io.BytesIO()
+    yield buf
+    write_bytes_atomic(url, buf.getvalue())
+
+
+def is_temp_name(name: str) -> bool:
+    """True for the temporary files `atomic_write` leaves behind when killed mid-write."""
+    return ".tmp-" in name
