@@ -1,0 +1,187 @@
+"""The language model as the rest of raysae uses it: load, read sites, per-token losses.
+
+`load_lm("tiny")` gives the embedded byte-level Gemma 2 (raysae/lm/tiny/, checksum verified);
+`load_lm(url)` a Hugging Face Gemma 2 checkpoint dir at any fsspec URL. `site_activations` and
+`token_losses` are jitted wrappers around `raysae.lm.model.forward` (config, sites and splice
+are static: pass the same splice function objects to reuse a compiled program; to trace SAE
+params instead of baking them in, jit around `model.forward` yourself).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import os
+from typing import Any, Iterable, Mapping
+
+import jax
+import jax.numpy as jnp
+
+from raysae.lm.config import LMConfig, Site
+from raysae.lm.model import embed, forward, forward_from, next_token_losses
+from raysae.lm.tokenizer import ByteTokenizer, HFTokenizer, tokenizer_from_json
+from raysae.lm.weights import CheckpointError, load_config, load_params
+from raysae.storage import exists, join, read_bytes
+
+TINY_DIR = os.path.join(os.path.dirname(__file__), "tiny")
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(eq=False)
+class LanguageModel:
+    """A Gemma 2 model ready to run: config, params pytree (jnp arrays), tokenizer, name."""
+
+    config: LMConfig
+    params: Any
+    tokenizer: Any
+    name: str
+
+    @property
+    def dtype(self):
+        return self.params["embed_tokens"].dtype
+
+
+def load_lm(source: str, dtype: str = "float32") -> LanguageModel:
+    """"tiny" (the embedded model) or a Hugging Face Gemma 2 checkpoint dir URL (local, gs://, ...)."""
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype {dtype!r} is not one of {sorted(_DTYPES)}")
+    url, name = (TINY_DIR, "tiny") if source == "tiny" else (source, source.rstrip("/").split("/")[-1])
+    if source == "tiny":
+        _verify_tiny()
+    config = load_config(url)
+    hf = json.loads(read_bytes(join(url, "config.json")))
+    params = load_params(url, config, _DTYPES[dtype])
+    if "raysae_tokenizer" in hf:
+        tok = tokenizer_from_json(hf["raysae_tokenizer"])
+    elif exists(join(url, "tokenizer.json")):
+        tok = HFTokenizer.from_url(join(url, "tokenizer.json"), config.bos_id, config.eos_id, config.pad_id)
+    else:
+        tok = None
+    return LanguageModel(config, params, tok, name)
+
+
+def _verify_tiny() -> None:
+    path = os.path.join(TINY_DIR, "model.safetensors")
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: the embedded tiny model is missing; run `python -m raysae.lm.train_tiny`")
+    want = open(os.path.join(TINY_DIR, "model.safetensors.sha256")).read().split()[0]
+    got = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    if got != want:
+        raise CheckpointError(f"{path}: sha256 {got} does not match model.safetensors.sha256 ({want})")
+
+
+def loss_mask(tokens: jax.Array, config: LMConfig, attention_mask: jax.Array | None = None) -> jax.Array:
+    """Bool [B, T]: positions whose activations may enter SAE training/eval (not BOS/EOS/pad)."""
+    t = jnp.asarray(tokens)
+    ok = (t != config.bos_id) & (t != config.eos_id) & (t != config.pad_id)
+    if attention_mask is not None:
+        ok = ok & jnp.asarray(attention_mask).astype(bool)
+    return ok
+
+
+def target_mask(tokens: jax.Array, config: LMConfig, attention_mask: jax.Array | None = None) -> jax.Array:
+    """Bool [B, T-1]: which next-token predictions count in a loss.
+
+    Position t predicts token t+1. It counts when the target is a real token or EOS (ending a
+    document is a real prediction) and not BOS or pad, and the input at t is neither pad nor EOS
+    (after EOS comes padding or a new document, nothing to predict).
+    """
+    t = jnp.asarray(tokens)
+    real = jnp.ones(t.shape, bool) if attention_mask is None else jnp.asarray(attention_mask).astype(bool)
+    inp, tgt = t[:, :-1], t[:, 1:]
+    ok_in = real[:, :-1] & (inp != config.pad_id) & (inp != config.eos_id)
+    ok_tgt = real[:, 1:] & (tgt != config.pad_id) & (tgt != config.bos_id)
+    return ok_in & ok_tgt
+
+
+def _freeze(splice: Mapping | None):
+    return None if not splice else tuple(sorted(splice.items(), key=lambda kv: str(kv[0])))
+
+
+@functools.partial(jax.jit, static_argnames=("config", "sites"))
+def _sites_jit(params, config, tokens, attention_mask, sites):
+    return forward(params, config, tokens, attention_mask, sites=sites, compute_logits=False).acts
+
+
+@functools.partial(jax.jit, static_argnames=("config", "splice"))
+def _losses_jit(params, config, tokens, attention_mask, splice):
+    out = forward(params, config, tokens, attention_mask, splice=dict(splice) if splice else None)
+    return next_token_losses(out.logits, tokens)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "layer", "splice"))
+def _losses_from_jit(params, config, layer, resid, tokens, attention_mask, splice):
+    out = forward_from(params, config, layer, resid, attention_mask, splice=dict(splice) if splice else None)
+    return next_token_losses(out.logits, tokens)
+
+
+def _prep(model: LanguageModel, tokens, attention_mask):
+    tokens = jnp.asarray(tokens, jnp.int32)
+    if tokens.ndim != 2:
+        raise ValueError(f"tokens must be int [B, T], got shape {tokens.shape}")
+    if attention_mask is None:
+        attention_mask = jnp.ones(tokens.shape, bool)
+    return tokens, jnp.asarray(attention_mask).astype(bool)
+
+
+def site_activations(model: LanguageModel, tokens, sites: Iterable, attention_mask=None) -> dict:
+    """{Site: [B, T, site_dim]} from one jitted forward that stops after the last layer needed."""
+    sites = tuple(sorted({Site.check(Site.parse(s), model.config.n_layers) for s in sites}))
+    tokens, attention_mask = _prep(model, tokens, attention_mask)
+    return _sites_jit(model.params, model.config, tokens, attention_mask, sites)
+
+
+def token_losses(model: LanguageModel, tokens, attention_mask=None, splice: Mapping | None = None):
+    """(losses [B, T-1] float32, mask [B, T-1] bool): next-token cross-entropy, see `target_mask`.
+
+    `splice` maps Site -> fn(acts [B, T, d]) -> replacement, e.g. an SAE's reconstruction; the
+    key (Site(L, "mlp_in"), Site(L, "mlp")) splices a transcoder in place of layer L's MLP.
+    """
+    tokens, attention_mask = _prep(model, tokens, attention_mask)
+    splice = {(_key(k)): v for k, v in (splice or {}).items()}
+    losses = _losses_jit(model.params, model.config, tokens, attention_mask, _freeze(splice))
+    return losses, target_mask(tokens, model.config, attention_mask)
+
+
+def token_losses_from(model: LanguageModel, layer: int, resid, tokens, attention_mask=None,
+                      splice: Mapping | None = None):
+    """Like `token_losses` but resuming at block `layer` from `resid` (the `res` site of layer-1,
+    or `embed_tokens(model, tokens)` for layer 0): delta loss for one site costs one partial forward.
+    """
+    tokens, attention_mask = _prep(model, tokens, attention_mask)
+    splice = {(_key(k)): v for k, v in (splice or {}).items()}
+    for k in splice:
+        first = k[0] if isinstance(k[0], Site) else k
+        if first.layer < layer:
+            raise ValueError(f"splice at {k} is before the resume layer {layer}")
+    losses = _losses_from_jit(model.params, model.config, layer, resid, tokens, attention_mask, _freeze(splice))
+    return losses, target_mask(tokens, model.config, attention_mask)
+
+
+def embed_tokens(model: LanguageModel, tokens) -> jax.Array:
+    """The residual stream entering block 0 (scaled embeddings)."""
+    return jax.jit(embed, static_argnums=1)(model.params, model.config, jnp.asarray(tokens, jnp.int32))
+
+
+def _key(k):
+    if isinstance(k, tuple) and len(k) == 2 and not isinstance(k, Site) and not isinstance(k[0], int):
+        a, b = Site.parse(k[0]), Site.parse(k[1])
+        if (a.kind, b.kind) != ("mlp_in", "mlp") or a.layer != b.layer:
+            raise ValueError(f"splice pair {k}: only (mlp_in:L, mlp:L) (a transcoder) is supported")
+        return (a, b)
+    return Site.parse(k)
+
+
+def encode_batch(model: LanguageModel, texts: Iterable[str], length: int):
+    """Tokenize (BOS first) and right-pad texts to [B, length]; returns (tokens, attention_mask)."""
+    from raysae.lm.tokenizer import pad_batch
+
+    if model.tokenizer is None:
+        raise ValueError(f"model {model.name!r} has no tokenizer")
+    return pad_batch([model.tokenizer.encode(t) for t in texts], model.config.pad_id, length)
+
+
+__all__ = ["LanguageModel", "load_lm", "loss_mask", "target_mask", "site_activations", "token_losses",
+           "token_losses_from", "embed_tokens", "encode_batch", "ByteTokenizer", "HFTokenizer", "TINY_DIR"]

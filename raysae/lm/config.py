@@ -1,0 +1,161 @@
+"""Gemma 2 shapes and the named sites SAEs are trained on.
+
+`LMConfig` holds what the forward pass needs (shapes, soft-caps, window, special token ids);
+presets cover the released Gemma 2 sizes and `from_hf` reads a Hugging Face `config.json`.
+`Site` names one activation site, e.g. ``Site(12, "res")`` or ``Site.parse("res:12")``; the
+string form ``"res:12"`` is what YAML files and the CLI use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, NamedTuple
+
+from raysae.config import ConfigError
+
+# attn: concatenated heads (o_proj input); mlp: after post-feedforward norm; res: residual
+# after the block; mlp_in: after pre-feedforward norm (transcoder input).
+SITE_KINDS = ("attn", "mlp", "res", "mlp_in")
+
+
+class Site(NamedTuple):
+    layer: int
+    kind: str
+
+    @classmethod
+    def parse(cls, text: "str | Site | tuple") -> "Site":
+        """``"res:12"`` (or ``"12:res"``, or an existing Site / (layer, kind) pair) -> Site."""
+        if isinstance(text, Site):
+            return text
+        if isinstance(text, tuple) and len(text) == 2:
+            return cls.check(cls(int(text[0]), str(text[1])))
+        parts = str(text).strip().split(":")
+        if len(parts) != 2:
+            raise ConfigError(f"site {text!r}: expected 'kind:layer' such as 'res:12'")
+        a, b = parts
+        kind, layer = (a, b) if not a.lstrip("-").isdigit() else (b, a)
+        if not layer.lstrip("-").isdigit():
+            raise ConfigError(f"site {text!r}: layer {layer!r} is not an integer")
+        return cls.check(cls(int(layer), kind))
+
+    @staticmethod
+    def check(site: "Site", n_layers: int | None = None) -> "Site":
+        if site.kind not in SITE_KINDS:
+            raise ConfigError(f"site {site.kind}:{site.layer}: kind {site.kind!r} is not one of {list(SITE_KINDS)}")
+        if site.layer < 0 or (n_layers is not None and site.layer >= n_layers):
+            bound = f"0..{n_layers - 1}" if n_layers is not None else ">= 0"
+            raise ConfigError(f"site {site.kind}:{site.layer}: layer must be in {bound}")
+        return site
+
+    def __str__(self) -> str:
+        return f"{self.kind}:{self.layer}"
+
+
+@dataclasses.dataclass(frozen=True)
+class LMConfig:
+    """Gemma 2 architecture hyper-parameters (names follow the paper, values HF's config.json)."""
+
+    vocab_size: int
+    d_model: int
+    n_layers: int
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+    d_mlp: int
+    query_pre_attn_scalar: float
+    sliding_window: int
+    attn_softcap: float | None = 50.0
+    final_softcap: float | None = 30.0
+    rope_theta: float = 10000.0
+    rms_eps: float = 1e-6
+    bos_id: int = 2
+    eos_id: int = 1
+    pad_id: int = 0
+
+    def __post_init__(self):
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_mlp",
+                     "sliding_window"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"lm.{name}: must be positive, got {getattr(self, name)!r}")
+        if self.n_heads % self.n_kv_heads:
+            raise ConfigError(f"lm.n_heads: {self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+        if self.head_dim % 2:
+            raise ConfigError(f"lm.head_dim: RoPE needs an even head_dim, got {self.head_dim}")
+
+    def site_dim(self, kind: str) -> int:
+        """Width of the activations at a site of this kind."""
+        if kind not in SITE_KINDS:
+            raise ConfigError(f"site kind {kind!r} is not one of {list(SITE_KINDS)}")
+        return self.n_heads * self.head_dim if kind == "attn" else self.d_model
+
+    def is_sliding(self, layer: int) -> bool:
+        """Gemma 2 alternates local (sliding window) and global attention: even layers slide."""
+        return layer % 2 == 0
+
+    def to_hf(self) -> dict[str, Any]:
+        """A Hugging Face Gemma2Config dict (what `config.json` holds)."""
+        return {
+            "architectures": ["Gemma2ForCausalLM"], "model_type": "gemma2",
+            "vocab_size": self.vocab_size, "hidden_size": self.d_model,
+            "num_hidden_layers": self.n_layers, "num_attention_heads": self.n_heads,
+            "num_key_value_heads": self.n_kv_heads, "head_dim": self.head_dim,
+            "intermediate_size": self.d_mlp, "query_pre_attn_scalar": self.query_pre_attn_scalar,
+            "sliding_window": self.sliding_window, "attn_logit_softcapping": self.attn_softcap,
+            "final_logit_softcapping": self.final_softcap, "rope_theta": self.rope_theta,
+            "rms_norm_eps": self.rms_eps, "bos_token_id": self.bos_id, "eos_token_id": self.eos_id,
+            "pad_token_id": self.pad_id, "hidden_activation": "gelu_pytorch_tanh",
+            "hidden_act": "gelu_pytorch_tanh", "tie_word_embeddings": True,
+            "attention_bias": False, "attention_dropout": 0.0, "max_position_embeddings": 8192,
+        }
+
+    @classmethod
+    def from_hf(cls, hf: Mapping[str, Any], where: str = "config.json") -> "LMConfig":
+        """Read a Hugging Face Gemma 2 `config.json` dict; unsupported settings raise ConfigError."""
+        mt = hf.get("model_type", "gemma2")
+        if mt != "gemma2":
+            raise ConfigError(f"{where}: model_type {mt!r} is not 'gemma2'")
+        act = hf.get("hidden_activation") or hf.get("hidden_act") or "gelu_pytorch_tanh"
+        if act != "gelu_pytorch_tanh":
+            raise ConfigError(f"{where}: hidden_activation {act!r} is not supported (gelu_pytorch_tanh)")
+        if hf.get("attention_bias"):
+            raise ConfigError(f"{where}: attention_bias=true is not supported by Gemma 2")
+        if not hf.get("tie_word_embeddings", True):
+            raise ConfigError(f"{where}: tie_word_embeddings=false is not supported")
+        layer_types = hf.get("layer_types")
+        n = hf["num_hidden_layers"]
+        if layer_types is not None:
+            want = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n)]
+            if list(layer_types) != want:
+                raise ConfigError(f"{where}: layer_types {layer_types} differ from Gemma 2's even-layers-slide")
+
+        def ids(key: str, default: int) -> int:
+            v = hf.get(key, default)
+            v = default if v is None else v
+            return int(v[0] if isinstance(v, (list, tuple)) else v)
+
+        try:
+            return cls(
+                vocab_size=int(hf["vocab_size"]), d_model=int(hf["hidden_size"]), n_layers=int(n),
+                n_heads=int(hf["num_attention_heads"]), n_kv_heads=int(hf["num_key_value_heads"]),
+                head_dim=int(hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]),
+                d_mlp=int(hf["intermediate_size"]),
+                query_pre_attn_scalar=float(hf.get("query_pre_attn_scalar", 256)),
+                sliding_window=int(hf.get("sliding_window") or 4096),
+                attn_softcap=hf.get("attn_logit_softcapping", 50.0),
+                final_softcap=hf.get("final_logit_softcapping", 30.0),
+                rope_theta=float(hf.get("rope_theta", 10000.0)), rms_eps=float(hf.get("rms_norm_eps", 1e-6)),
+                bos_id=ids("bos_token_id", 2), eos_id=ids("eos_token_id", 1), pad_id=ids("pad_token_id", 0),
+            )
+        except KeyError as e:
+            raise ConfigError(f"{where}: missing key {e.args[0]!r}") from None
+
+
+_COMMON = dict(vocab_size=256000, sliding_window=4096, bos_id=2, eos_id=1, pad_id=0)
+GEMMA2_2B = LMConfig(d_model=2304, n_layers=26, n_heads=8, n_kv_heads=4, head_dim=256, d_mlp=9216,
+                     query_pre_attn_scalar=256, **_COMMON)
+GEMMA2_9B = LMConfig(d_model=3584, n_layers=42, n_heads=16, n_kv_heads=8, head_dim=256, d_mlp=14336,
+                     query_pre_attn_scalar=256, **_COMMON)
+# 27B scales queries by (d_model / n_heads)^-0.5 = 144^-0.5, not head_dim^-0.5.
+GEMMA2_27B = LMConfig(d_model=4608, n_layers=46, n_heads=32, n_kv_heads=16, head_dim=128, d_mlp=36864,
+                      query_pre_attn_scalar=144, **_COMMON)
+PRESETS = {"gemma-2-2b": GEMMA2_2B, "gemma-2-9b": GEMMA2_9B, "gemma-2-27b": GEMMA2_27B}
