@@ -1,0 +1,164 @@
+"""The batch order and the single-process reader (no Ray): coverage, determinism, values,
+resume, remote URLs and bad shards."""
+
+import numpy as np
+import pytest
+
+from raysae import storage
+from raysae.activations.shards import Manifest, ShardError, write_shard
+from raysae.config import ConfigError, from_dict
+from raysae.stream import LocalStream, Plan, StreamConfig
+from raysae.stream.plan import balanced_slices
+from raysae.stream.synthetic import row_ids, write_synthetic_cache
+
+SHARDS = [50, 37, 64, 20, 41]  # uneven on purpose
+
+
+@pytest.fixture
+def cache(tmp_path):
+    url = str(tmp_path / "cache")
+    m, rows = write_synthetic_cache(url, SHARDS, d=6, norm_scalar=3.0)
+    return url, m, rows
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(ConfigError, match="batch_size"):
+        StreamConfig(batch_size=0)
+    with pytest.raises(ConfigError, match="lag_policy"):
+        from_dict(StreamConfig, {"lag_policy": "wait"})
+    with pytest.raises(ConfigError, match="block_batches"):
+        StreamConfig(buffer_batches=4, block_batches=5)
+    with pytest.raises(ConfigError, match="epochs"):
+        from_dict(StreamConfig, {"epochs": 0})
+    assert from_dict(StreamConfig, {"epochs": None, "seed": 3}).seed == 3
+
+
+def test_slices_are_contiguous_balanced_and_complete():
+    sl = balanced_slices([10] * 10, 3)
+    assert [list(s) for s in sl] == [[0, 1, 2, 3], [4, 5, 6], [7, 8, 9]]
+    sl = balanced_slices([100, 1, 1, 1], 3)
+    assert sum(len(s) for s in sl) == 4 and all(len(s) >= 1 for s in sl)
+    with pytest.raises(ConfigError, match="num_brokers"):
+        balanced_slices([1, 2], 3)
+
+
+@pytest.mark.parametrize("sizes", [[50, 37, 64, 20, 41], [30, 30, 30]])
+def test_locate_and_global_index_are_inverse(sizes):
+    m = Manifest(model="m", site="s", layer=0, d=2,
+                 shards=[type("I", (), {"rows": n, "name": f"s{i}"})() for i, n in enumerate(sizes)])
+    for nb in (1, 2, 3):
+        plan = Plan(m, StreamConfig(batch_size=16, epochs=2, num_brokers=nb, drop_last=False))
+        seen = set()
+        for g in range(plan.total):
+            b, j = plan.locate(g)
+            assert plan.global_index(b, j) == g
+            seen.add((b, j))
+        assert seen == {(b, j) for b in range(nb) for j in range(plan.broker_batches[b])}
+        with pytest.raises(IndexError):
+            plan.locate(plan.total)
+
+
+@pytest.mark.parametrize("nb,window", [(1, 0), (2, 23), (3, 1000)])
+def test_every_row_exactly_once_per_epoch(cache, nb, window):
+    url, m, rows = cache
+    cfg = StreamConfig(batch_size=16, shuffle_window=window, epochs=3, num_brokers=nb,
+                       drop_last=False)
+    stream = LocalStream(url, cfg)
+    per_broker: dict[int, list[np.ndarray]] = {b: [] for b in range(nb)}
+    for g, batch in stream:
+        b, _ = stream.plan.locate(g)
+        per_broker[b].append(row_ids(batch))
+    for b, slc in enumerate(stream.plan.slices):
+        ids = np.concatenate(per_broker[b])
+        lo = sum(SHARDS[: slc.start])
+        want = np.arange(lo, lo + sum(SHARDS[slc.start: slc.stop]))
+        n = len(want)
+        assert len(ids) == 3 * n
+        epochs = [ids[e * n:(e + 1) * n] for e in range(3)]
+        for e in epochs:
+            np.testing.assert_array_equal(np.sort(e), want)
+        if window > 1:  # shuffled, and differently in each epoch
+            assert not np.array_equal(epochs[0], want)
+            assert not np.array_equal(epochs[0], epochs[1])
+
+
+def test_batches_are_rows_divided_by_c_and_full_size(cache):
+    url, m, rows = cache
+    cfg = StreamConfig(batch_size=32, shuffle_window=40, epochs=1, num_brokers=2)
+    for g, batch in LocalStream(url, cfg):
+        assert batch.dtype == np.float32 and batch.shape == (32, 6)
+        ids = row_ids(batch)
+        np.testing.assert_array_equal(batch, np.divide(rows[ids], np.float32(3.0)))
+
+
+def test_same_config_same_order_other_seed_differs_and_resume(cache):
+    url, _, _ = cache
+    cfg = StreamConfig(batch_size=16, shuffle_window=50, num_brokers=2)  # endless epochs
+    a = [row_ids(x) for _, (_, x) in zip(range(40), LocalStream(url, cfg))]
+    b = [row_ids(x) for _, (_, x) in zip(range(40), LocalStream(url, cfg))]
+    c = [row_ids(x) for _, (_, x) in zip(range(40), LocalStream(url, StreamConfig(
+        batch_size=16, shuffle_window=50, num_brokers=2, seed=1)))]
+    assert all(np.array_equal(x, y) for x, y in zip(a, b))
+    assert not all(np.array_equal(x, y) for x, y in zip(a, c))
+    resumed = LocalStream(url, cfg, start_index=25)
+    got = [(g, row_ids(x)) for _, (g, x) in zip(range(15), resumed)]
+    assert [g for g, _ in got] == list(range(25, 40))
+    assert all(np.array_equal(x, a[g]) for g, x in got)
+    assert resumed.position == 40
+
+
+def test_transcoder_and_bf16_caches(tmp_path):
+    url = str(tmp_path / "tc")
+    m, rows = write_synthetic_cache(url, [40, 40], d=4, parts=("input", "target"),
+                                    dtype="bfloat16", norm_scalar=0.5)
+    cfg = StreamConfig(batch_size=20, shuffle_window=30, epochs=1)
+    got = list(LocalStream(url, cfg))
+    assert len(got) == 4
+    for _, batch in got:
+        assert batch.shape == (20, 8) and batch.dtype == np.float32
+        # both halves divided by the one C
+        np.testing.assert_array_equal(batch, rows[row_ids(batch)] / np.float32(0.5))
+
+
+def test_remote_url_reads_each_shard_once_per_epoch(cache):
+    url, m, rows = cache
+    murl = "memory://stream-test/remote"
+    fs, path = storage.fs_and_path(murl)
+    for name in storage.listdir(url):
+        storage.write_bytes_atomic(storage.join(murl, name), storage.read_bytes(storage.join(url, name)))
+    cfg = StreamConfig(batch_size=16, shuffle_window=20, epochs=1, verify=True)
+    s = LocalStream(murl, cfg)
+    ids = np.concatenate([row_ids(b) for _, b in s])
+    assert len(np.unique(ids)) == len(ids) == (sum(SHARDS) // 16) * 16
+    assert s.stats.bytes_read == sum(i.bytes for i in m.shards)
+    fs.rm(path, recursive=True)
+
+
+def _corrupt(url, name, how):
+    p = storage.join(url, name)
+    data = bytearray(storage.read_bytes(p))
+    if how == "truncate":
+        data = data[:-10]
+    else:
+        data[-1] ^= 0xFF
+    with storage.open_url(p, "wb") as f:
+        f.write(bytes(data))
+
+
+@pytest.mark.parametrize("how,verify,msg", [("truncate", False, "truncated"),
+                                            ("flip", True, "sha256")])
+def test_bad_shard_is_named(cache, how, verify, msg):
+    url, _, _ = cache
+    _corrupt(url, "shard-00003.npy", how)
+    cfg = StreamConfig(batch_size=16, epochs=1, verify=verify, shuffle_shards=False)
+    with pytest.raises(ShardError, match=rf"shard-00003\.npy.*{msg}"):
+        list(LocalStream(url, cfg))
+
+
+def test_manifest_d_disagreeing_with_a_shard_is_named(tmp_path):
+    url = str(tmp_path / "c")
+    m, _ = write_synthetic_cache(url, [10, 10], d=4)
+    m.shards[1] = write_shard(url, 1, np.zeros((10, 5), np.float32))
+    m.save(url)
+    with pytest.raises(ShardError, match=r"shard-00001\.npy.*d=4"):
+        list(LocalStream(url, StreamConfig(batch_size=5, epochs=1)))
