@@ -121,6 +121,12 @@ class LMConfig:
             raise ConfigError(f"{where}: attention_bias=true is not supported by Gemma 2")
         if not hf.get("tie_word_embeddings", True):
             raise ConfigError(f"{where}: tie_word_embeddings=false is not supported")
+        if hf.get("use_bidirectional_attention"):
+            raise ConfigError(f"{where}: use_bidirectional_attention=true is not supported")
+        rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
+        if rope.get("rope_type", rope.get("type", "default")) != "default":
+            raise ConfigError(f"{where}: rope type {rope.get('rope_type', rope.get('type'))!r} is not supported")
+        rope_theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
         layer_types = hf.get("layer_types")
         n = hf["num_hidden_layers"]
         if layer_types is not None:
@@ -143,7 +149,7 @@ class LMConfig:
                 sliding_window=int(hf.get("sliding_window") or 4096),
                 attn_softcap=hf.get("attn_logit_softcapping", 50.0),
                 final_softcap=hf.get("final_logit_softcapping", 30.0),
-                rope_theta=float(hf.get("rope_theta", 10000.0)), rms_eps=float(hf.get("rms_norm_eps", 1e-6)),
+                rope_theta=float(rope_theta), rms_eps=float(hf.get("rms_norm_eps", 1e-6)),
                 bos_id=ids("bos_token_id", 2), eos_id=ids("eos_token_id", 1), pad_id=ids("pad_token_id", 0),
             )
         except KeyError as e:
