@@ -38,6 +38,8 @@ class StreamConfig:
     block_batches: int = 8            # refs handed out per broker call
     lag_policy: Literal["loop", "skip"] = "loop"
     consumer_timeout_s: float = 120.0  # a consumer silent this long stops holding others back
+    expect_consumers: int = 0         # hold the first ring until this many have joined
+                                      # (or consumer_timeout_s passed): trials start unevenly
     max_restarts: int = -1            # broker restarts (-1: unlimited)
     spread: bool = False              # place brokers on different nodes (one per node)
     object_store_fraction: float = 0.5  # rings must fit in this share of a node's store
@@ -62,6 +64,8 @@ class StreamConfig:
               f"{self.lag_policy!r} is not one of ['loop', 'skip']")
         check(self.consumer_timeout_s > 0, "consumer_timeout_s",
               f"must be > 0 seconds, got {self.consumer_timeout_s}")
+        check(self.expect_consumers >= 0, "expect_consumers",
+              f"must be >= 0, got {self.expect_consumers}")
         check(self.max_restarts >= -1, "max_restarts",
               f"must be >= -1, got {self.max_restarts}")
         check(0 < self.object_store_fraction <= 1, "object_store_fraction",
