@@ -1,0 +1,140 @@
+"""Atomic checkpoints of a training run on any fsspec URL, and resume.
+
+Layout under a run's checkpoint URL::
+
+    step-000001000/state.npz    every leaf of TrainState (params, optax state, counters)
+    step-000001000/meta.json    step, C, d, the TrainConfig, the data position, extras
+    latest                      name of the newest complete checkpoint
+
+Each file is written atomically and `meta.json` is written after `state.npz`, then
+`latest` is flipped: a run killed at any moment leaves the previous checkpoint intact and
+`latest` pointing at a complete one. Leaves are stored as plain host arrays, so a
+checkpoint from a sharded run loads into an unsharded one and back (callers re-shard).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+from typing import Any
+
+import jax
+import numpy as np
+
+from raysae import storage
+from raysae.config import from_dict, to_dict
+from raysae.train.config import TrainConfig
+from raysae.train.step import TrainState, init_state
+
+LATEST = "latest"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, incomplete or does not match the run; names the file."""
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    state: TrainState
+    step: int
+    norm_scalar: float
+    d: int
+    d_out: int
+    config: TrainConfig
+    data_position: int            # batches consumed from the data source
+    extra: dict[str, Any]
+    url: str
+
+
+def _name(step: int) -> str:
+    return f"step-{step:09d}"
+
+
+def _host(x) -> np.ndarray:
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+        from jax.experimental import multihost_utils
+        x = multihost_utils.process_allgather(x, tiled=True)
+    return np.asarray(x)
+
+
+def save_checkpoint(url: str, state: TrainState, *, config: TrainConfig, norm_scalar: float,
+                    d: int, d_out: int, data_position: int, extra: dict | None = None,
+                    write: bool = True) -> str:
+    """Write a checkpoint of `state` under `url`; returns its URL. Keeps config.keep_checkpoints.
+
+    In a multi-process job every process must call this (gathering is collective); only
+    the one with `write=True` touches storage.
+    """
+    leaves = [_host(x) for x in jax.tree_util.tree_leaves(state)]
+    step = int(_host(state.step))
+    name = _name(step)
+    ckpt_url = storage.join(url, name)
+    if not write:
+        return ckpt_url
+    buf = io.BytesIO()
+    np.savez(buf, **{f"leaf_{i:04d}": a for i, a in enumerate(leaves)})
+    storage.write_bytes_atomic(storage.join(ckpt_url, "state.npz"), buf.getvalue())
+    meta = {"step": step, "norm_scalar": float(norm_scalar), "d": int(d), "d_out": int(d_out),
+            "config": to_dict(config), "data_position": int(data_position),
+            "extra": extra or {}, "num_leaves": len(leaves)}
+    storage.write_bytes_atomic(storage.join(ckpt_url, "meta.json"),
+                               json.dumps(meta, indent=2).encode())
+    storage.write_bytes_atomic(storage.join(url, LATEST), name.encode())
+    _prune(url, keep=config.keep_checkpoints)
+    return ckpt_url
+
+
+def _prune(url: str, keep: int) -> None:
+    names = sorted(n for n in storage.listdir(url) if n.startswith("step-"))
+    for old in names[:-keep]:
+        storage.remove(storage.join(url, old), recursive=True)
+
+
+def latest_checkpoint(url: str) -> str | None:
+    """URL of the newest complete checkpoint under `url`, or None if there is none."""
+    pointer = storage.join(url, LATEST)
+    if not storage.exists(pointer):
+        return None
+    name = storage.read_bytes(pointer).decode().strip()
+    ckpt = storage.join(url, name)
+    if not storage.exists(storage.join(ckpt, "meta.json")):
+        raise CheckpointError(f"{pointer}: points at {name}, which has no meta.json")
+    return ckpt
+
+
+def load_checkpoint(ckpt_url: str, config: TrainConfig | None = None) -> Checkpoint:
+    """Load one checkpoint directory. `config` (if given) must agree on the model shape."""
+    meta_url = storage.join(ckpt_url, "meta.json")
+    try:
+        meta = json.loads(storage.read_bytes(meta_url))
+    except FileNotFoundError:
+        raise CheckpointError(f"{meta_url}: missing (incomplete checkpoint)") from None
+    saved = from_dict(TrainConfig, meta["config"])
+    config = saved if config is None else config
+    if config.width != saved.width or config.transcoder != saved.transcoder:
+        raise CheckpointError(f"{meta_url}: checkpoint has width={saved.width}, "
+                              f"transcoder={saved.transcoder}; run wants width={config.width}, "
+                              f"transcoder={config.transcoder}")
+    template = init_state(config, meta["d"], d_out=meta["d_out"], key=jax.random.PRNGKey(0))
+    leaves, treedef = jax.tree_util.tree_flatten(template)
+    state_url = storage.join(ckpt_url, "state.npz")
+    try:
+        with np.load(io.BytesIO(storage.read_bytes(state_url)), allow_pickle=False) as z:
+            arrays = [z[f"leaf_{i:04d}"] for i in range(len(z.files))]
+    except FileNotFoundError:
+        raise CheckpointError(f"{state_url}: missing") from None
+    except KeyError as e:
+        raise CheckpointError(f"{state_url}: missing key {e}") from None
+    if len(arrays) != len(leaves):
+        raise CheckpointError(f"{state_url}: {len(arrays)} arrays but this optimiser needs "
+                              f"{len(leaves)} (different grad_clip_norm or optimiser?)")
+    for i, (a, t) in enumerate(zip(arrays, leaves)):
+        if a.shape != t.shape:
+            raise CheckpointError(f"{state_url}: leaf_{i:04d} has shape {a.shape}, expected {t.shape}")
+    state = jax.tree_util.tree_unflatten(
+        treedef, [jax.numpy.asarray(a, dtype=t.dtype) for a, t in zip(arrays, leaves)])
+    return Checkpoint(state=state, step=meta["step"], norm_scalar=meta["norm_scalar"],
+                      d=meta["d"], d_out=meta["d_out"], config=saved,
+                      data_position=meta["data_position"], extra=meta.get("extra", {}),
+                      url=ckpt_url)

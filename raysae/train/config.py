@@ -1,0 +1,65 @@
+"""`TrainConfig`: every knob of the Gemma Scope recipe, defaulting to the paper's value.
+
+One dataclass, loadable from YAML (`raysae.config.from_dict`) and used unchanged by the
+Python API, the CLI and the sweep. Defaults (Gemma Scope §3 / DESIGN.md): Adam β=(0, 0.999),
+eps 1e-8; lr 7e-5 with a cosine warmup 0.1η → η over 1,000 steps; λ warmed up linearly over
+10,000 steps; batch 4,096; bandwidth ε 0.001; θ₀ 0.001; no gradient clipping.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from raysae.config import check
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    width: int = 16384                      # M, number of latents
+    sparsity_coefficient: float = 1e-3      # λ (the sweep varies it)
+    steps: int = 100_000                    # optimiser steps (tokens = steps · batch_size)
+    batch_size: int = 4096
+    lr: float = 7e-5
+    lr_warmup_steps: int = 1000
+    lr_warmup_start: float = 0.1            # cosine warmup from lr_warmup_start · lr to lr
+    sparsity_warmup_steps: int = 10_000
+    adam_b1: float = 0.0
+    adam_b2: float = 0.999
+    adam_eps: float = 1e-8
+    bandwidth: float = 0.001                # ε of the rectangle kernel
+    threshold_init: float = 0.001           # θ₀
+    grad_clip_norm: float | None = None     # None: no clipping (the paper); SAELens uses 1.0
+    transcoder: bool = False                # App. B: input/target pairs, no transpose init
+    compute_dtype: Literal["float32", "bfloat16"] = "float32"  # matmul dtype; params stay fp32
+    seed: int = 0
+    log_every: int = 100
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 2
+    dead_window_steps: int = 1000           # a latent not fired for this many steps is dead
+
+    def __post_init__(self):
+        check(self.width > 0, "width", f"must be positive, got {self.width}")
+        check(self.sparsity_coefficient >= 0, "sparsity_coefficient",
+              f"must be >= 0, got {self.sparsity_coefficient}")
+        check(self.steps > 0, "steps", f"must be positive, got {self.steps}")
+        check(self.batch_size > 0, "batch_size", f"must be positive, got {self.batch_size}")
+        check(self.lr > 0, "lr", f"must be positive, got {self.lr}")
+        check(self.lr_warmup_steps >= 0, "lr_warmup_steps", "must be >= 0")
+        check(0 < self.lr_warmup_start <= 1, "lr_warmup_start", "must be in (0, 1]")
+        check(self.sparsity_warmup_steps >= 0, "sparsity_warmup_steps", "must be >= 0")
+        check(0 <= self.adam_b1 < 1, "adam_b1", f"must be in [0, 1), got {self.adam_b1}")
+        check(0 <= self.adam_b2 < 1, "adam_b2", f"must be in [0, 1), got {self.adam_b2}")
+        check(self.adam_eps > 0, "adam_eps", "must be positive")
+        check(self.bandwidth > 0, "bandwidth", f"must be positive, got {self.bandwidth}")
+        check(self.threshold_init > 0, "threshold_init", "must be positive")
+        check(self.grad_clip_norm is None or self.grad_clip_norm > 0, "grad_clip_norm",
+              "must be positive or null")
+        check(self.log_every > 0, "log_every", "must be positive")
+        check(self.checkpoint_every > 0, "checkpoint_every", "must be positive")
+        check(self.keep_checkpoints > 0, "keep_checkpoints", "must be positive")
+        check(self.dead_window_steps > 0, "dead_window_steps", "must be positive")
+
+    @property
+    def tokens(self) -> int:
+        return self.steps * self.batch_size

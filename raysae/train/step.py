@@ -1,0 +1,108 @@
+"""The training state and one jitted optimisation step.
+
+`TrainState` (a NamedTuple pytree) holds params, the optax state, the step counter, the
+step at which each latent last fired (for the dead-latent fraction over a window, kept on
+device and sharded like θ) and `first_bad_step`, the first step whose batch held NaN/Inf.
+
+`train_step` is pure: a batch with NaN/Inf leaves the state untouched (a `where` over the
+new and old state) and records the step in `first_bad_step`, so the host loop can raise a
+clear error at its next sync point without ever having corrupted the parameters, and
+without a device-to-host sync on every step.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from raysae.sae.model import loss_fn
+from raysae.sae.params import SAEParams, init_params
+from raysae.train.config import TrainConfig
+from raysae.train.optimizer import make_optimizer, project_params
+from raysae.train.schedules import cosine_warmup, linear_warmup
+
+
+class TrainState(NamedTuple):
+    params: SAEParams
+    opt_state: optax.OptState
+    step: jax.Array            # int32 scalar: updates applied so far
+    last_fired: jax.Array      # int32 [M]: last step each latent fired (-1: never)
+    first_bad_step: jax.Array  # int32 scalar: first step with a non-finite batch (-1: none)
+
+
+class StepMetrics(NamedTuple):
+    loss: jax.Array
+    mse: jax.Array
+    fvu: jax.Array
+    l0: jax.Array
+    sparsity_loss: jax.Array
+    sparsity_coefficient: jax.Array
+    lr: jax.Array
+    dead_fraction: jax.Array
+
+
+def compute_dtype(config: TrainConfig):
+    return None if config.compute_dtype == "float32" else jnp.dtype(config.compute_dtype)
+
+
+def init_state(config: TrainConfig, d: int, *, d_out: int | None = None,
+               key: jax.Array | None = None, params: SAEParams | None = None) -> TrainState:
+    """Fresh state (paper init) or a state around given `params` (e.g. an unfolded release)."""
+    if params is None:
+        key = jax.random.PRNGKey(config.seed) if key is None else key
+        params = init_params(key, d, config.width, d_out=d_out, transcoder=config.transcoder,
+                             threshold=config.threshold_init)
+    params = SAEParams(*(jnp.asarray(p, jnp.float32) for p in params))
+    opt_state = make_optimizer(config).init(params)
+    return TrainState(params=params, opt_state=opt_state, step=jnp.zeros((), jnp.int32),
+                      last_fired=jnp.full((params.width,), -1, jnp.int32),
+                      first_bad_step=jnp.full((), -1, jnp.int32))
+
+
+def train_step(state: TrainState, x: jax.Array, target: jax.Array | None,
+               config: TrainConfig) -> tuple[TrainState, StepMetrics]:
+    """One update on batch x [B, d_in] (target [B, d_out] for transcoders, else None)."""
+    optimizer = make_optimizer(config)
+    lam = linear_warmup(config.sparsity_coefficient, config.sparsity_warmup_steps)(state.step)
+    lr = cosine_warmup(config.lr, config.lr_warmup_steps, config.lr_warmup_start)(state.step)
+
+    def objective(params):
+        return loss_fn(params, x, target, sparsity_coefficient=lam, bandwidth=config.bandwidth,
+                       pre_encoder_bias=not config.transcoder,
+                       compute_dtype=compute_dtype(config))
+
+    (_, parts), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = project_params(optax.apply_updates(state.params, updates))
+
+    last_fired = jnp.where(parts.fired, state.step, state.last_fired)
+
+    finite = jnp.all(jnp.isfinite(x))
+    if target is not None:
+        finite &= jnp.all(jnp.isfinite(target))
+    new = TrainState(params=params, opt_state=opt_state, step=state.step + 1,
+                     last_fired=last_fired, first_bad_step=state.first_bad_step)
+    kept = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+    first_bad = jnp.where(finite | (state.first_bad_step >= 0), state.first_bad_step, state.step)
+    kept = kept._replace(first_bad_step=first_bad)
+
+    idle = kept.step - kept.last_fired
+    never = kept.last_fired < 0
+    dead = jnp.where(never, kept.step >= config.dead_window_steps, idle > config.dead_window_steps)
+    metrics = StepMetrics(loss=parts.loss, mse=parts.mse, fvu=parts.mse / parts.variance,
+                          l0=parts.l0, sparsity_loss=parts.sparsity_loss,
+                          sparsity_coefficient=jnp.asarray(lam, jnp.float32),
+                          lr=jnp.asarray(lr, jnp.float32), dead_fraction=jnp.mean(dead))
+    return kept, metrics
+
+
+def jit_train_step(config: TrainConfig, transcoder_target: bool = False):
+    """`train_step` jitted for `config`, with the state donated (updated in place)."""
+    if transcoder_target:
+        fn = lambda state, x, target: train_step(state, x, target, config)  # noqa: E731
+    else:
+        fn = lambda state, x: train_step(state, x, None, config)  # noqa: E731
+    return jax.jit(fn, donate_argnums=0)
