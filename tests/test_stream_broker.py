@@ -208,3 +208,22 @@ def test_bad_shard_error_reaches_the_consumer_naming_the_shard(ray_local, cache)
                 next(s)
     finally:
         stop_brokers(h)
+
+
+def test_ray_data_reader_matches_memmap_and_names_bad_shards(ray_local, cache, tmp_path):
+    url, _, _ = cache
+    kw = dict(batch_size=16, shuffle_window=30, epochs=1, num_brokers=2, drop_last=False,
+              ray_data_prefetch_shards=2)
+    fast = [row_ids(b) for _, b in LocalStream(url, StreamConfig(**kw))]
+    rd = LocalStream(url, StreamConfig(reader="ray_data", **kw))
+    got = [row_ids(b) for _, b in rd]
+    assert len(got) == len(fast) and all(np.array_equal(a, b) for a, b in zip(got, fast))
+    assert rd.stats.bytes_read == sum(i.bytes for i in rd.manifest.shards)
+    with pytest.raises(ConfigError, match="verify"):
+        list(LocalStream(url, StreamConfig(reader="ray_data", verify=True, **kw)))
+    bad = str(tmp_path / "bad")
+    m, _ = write_synthetic_cache(bad, [20, 20], d=4)
+    m.d = 5
+    m.save(bad)
+    with pytest.raises(ShardError, match=r"shard-0000[01]\.npy.*d=5"):
+        list(LocalStream(bad, StreamConfig(reader="ray_data", batch_size=8, epochs=1)))

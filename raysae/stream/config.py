@@ -32,7 +32,7 @@ class StreamConfig:
     # --- reading -----------------------------------------------------------------------
     reader: Literal["memmap", "ray_data"] = "memmap"  # see raysae/stream/__init__.py
     verify: bool = False              # sha256 every shard on load (reads it all into memory)
-    ray_data_prefetch_shards: int = 2  # ray_data reader: shards read ahead per dataset
+    ray_data_prefetch_shards: int = 64  # ray_data reader: shards per dataset (read ahead)
     # --- brokers and consumers -----------------------------------------------------------
     buffer_batches: int = 32          # K: ring of the most recent batches per broker
     block_batches: int = 8            # refs handed out per broker call
