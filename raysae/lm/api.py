@@ -117,6 +117,9 @@ def _losses_from_jit(params, config, layer, resid, tokens, attention_mask, splic
     return next_token_losses(out.logits, tokens)
 
 
+_embed_jit = jax.jit(embed, static_argnums=1)
+
+
 def _prep(model: LanguageModel, tokens, attention_mask):
     tokens = jnp.asarray(tokens, jnp.int32)
     if tokens.ndim != 2:
@@ -162,7 +165,7 @@ def token_losses_from(model: LanguageModel, layer: int, resid, tokens, attention
 
 def embed_tokens(model: LanguageModel, tokens) -> jax.Array:
     """The residual stream entering block 0 (scaled embeddings)."""
-    return jax.jit(embed, static_argnums=1)(model.params, model.config, jnp.asarray(tokens, jnp.int32))
+    return _embed_jit(model.params, model.config, jnp.asarray(tokens, jnp.int32))
 
 
 def _key(k):

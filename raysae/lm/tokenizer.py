@@ -56,7 +56,8 @@ class HFTokenizer:
         return ([self.bos_id] if add_bos else []) + list(ids) + ([self.eos_id] if add_eos else [])
 
     def decode(self, ids: Iterable[int]) -> str:
-        return self._tok.decode([int(i) for i in ids], skip_special_tokens=True)
+        specials = {self.bos_id, self.eos_id, self.pad_id}
+        return self._tok.decode([int(i) for i in ids if int(i) not in specials], skip_special_tokens=True)
 
 
 def pad_batch(seqs: Sequence[Sequence[int]], pad_id: int, length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
