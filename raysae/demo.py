@@ -16,7 +16,7 @@ def main() -> None:
     sd = SparseDictionary.random(d=32, n_features=64, active=2, seed=0)
     C = estimate_norm_scalar(sd.sample(8192, np.random.default_rng(1)))
     config = TrainConfig(width=128, steps=3000, batch_size=256, lr=2e-3, lr_warmup_steps=100,
-                         sparsity_warmup_steps=750, sparsity_coefficient=1e-2, log_every=500)
+                         sparsity_warmup_steps=750, sparsity_coefficient=3e-2, log_every=500)
     print(f"training a {config.width}-wide JumpReLU SAE on synthetic d=32 activations "
           f"(C = {C:.3f}) for {config.steps} steps")
 
