@@ -1,0 +1,140 @@
+"""The per-batch eval program: one jitted function from a token batch to summed statistics.
+
+Cost per batch (L = the site's layer): one forward up to the residual entering block L, then
+from there one partial forward for the clean loss (which also reads the site), one with the SAE
+spliced in, and one per ablation; r_L0 adds the backward of the spliced pass. So delta loss costs
+one extra forward from the site on, not a second full forward. Clean and spliced passes run the
+same code from the same residual, so an SAE whose reconstruction equals its input gives a delta
+loss of exactly 0.
+
+The SAE runs on raw activations (folded / released params, no pre-encoder bias) in float32 and
+replaces the site only at positions that count (not BOS, EOS or pad); elsewhere the original
+activations stay, as do the ablations. For a transcoder the site pair is (mlp_in:L, mlp:L): the
+SAE reads mlp_in and replaces the MLP output, and its reconstruction is scored against the clean
+MLP output. Everything returned is a sum (or a batch moment) so that batches combine on the host.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from raysae.lm.api import loss_mask, target_mask
+from raysae.lm.config import LMConfig, Site
+from raysae.lm.model import embed, forward, forward_from, next_token_losses
+from raysae.sae.model import decode, encode
+from raysae.sae.params import SAEParams
+from raysae.evals.metrics import attribution, centred_correct_logit, masked_moments, r_l0_per_token
+
+
+class BatchStats(NamedTuple):
+    """Sums over one batch (device arrays). Positions: T for the site, T-1 for predictions."""
+
+    n_tokens: jax.Array         # site positions that count (not BOS/EOS/pad)
+    sum_l0: jax.Array           # Σ active latents
+    sum_sq_err: jax.Array       # Σ ‖target − x̂‖²
+    target_mean: jax.Array      # [d_out] batch mean of the target
+    target_m2: jax.Array        # Σ ‖target − batch mean‖²
+    fire_count: jax.Array       # [M] int32: tokens on which each latent fired
+    n_preds: jax.Array          # next-token predictions that count
+    loss_sums: dict             # name -> Σ cross-entropy ("clean", "spliced", "zero", "mean")
+    pos_n_tokens: jax.Array     # [T]   (empty when per_position is off)
+    pos_sq_err: jax.Array       # [T]
+    pos_target_mean: jax.Array  # [T, d_out]
+    pos_target_m2: jax.Array    # [T]
+    pos_n_preds: jax.Array      # [T-1]
+    pos_loss_sums: dict         # name -> [T-1]
+    sum_r_l0: jax.Array         # Σ r_L0 over tokens with an attribution
+    n_r_l0: jax.Array
+
+
+def _resid_entering(params, config: LMConfig, layer: int, tokens, attention_mask):
+    if layer == 0:
+        return embed(params, config, tokens)
+    prev = Site(layer - 1, "res")
+    return forward(params, config, tokens, attention_mask, sites=(prev,), compute_logits=False).acts[prev]
+
+
+@functools.partial(jax.jit, static_argnames=("config", "in_site", "out_site", "ablations", "want_r_l0",
+                                             "per_position"))
+def batch_stats(params, sae: SAEParams, site_mean, tokens, attention_mask, *, config: LMConfig,
+                in_site: Site, out_site: Site, ablations: tuple = (), want_r_l0: bool = False,
+                per_position: bool = True) -> BatchStats:
+    """Statistics of `sae` at `in_site` (-> `out_site` for a transcoder) on one token batch.
+
+    `site_mean` [d_out] is the eval set's mean at `out_site` (used by the "mean" ablation only).
+    """
+    layer = in_site.layer
+    transcoder = in_site != out_site
+    mask = loss_mask(tokens, config, attention_mask)              # [B, T]
+    tmask = target_mask(tokens, config, attention_mask)           # [B, T-1]
+    keep = mask[..., None]
+    resid = _resid_entering(params, config, layer, tokens, attention_mask)
+
+    clean = forward_from(params, config, layer, resid, attention_mask, sites=(in_site, out_site))
+    target = clean.acts[out_site].astype(jnp.float32)
+    losses = {"clean": next_token_losses(clean.logits, tokens)}
+
+    key = (in_site, out_site) if transcoder else in_site
+
+    def spliced(delta):
+        box = {}
+
+        def fn(a):
+            f = encode(sae, a.astype(jnp.float32))
+            x_hat = decode(sae, f)
+            box["f"], box["x_hat"] = f, x_hat
+            other = target if transcoder else a.astype(jnp.float32)
+            return jnp.where(keep, x_hat + delta, other)
+
+        out = forward_from(params, config, layer, resid, attention_mask, splice={key: fn})
+        metric = jnp.sum(jnp.where(tmask, centred_correct_logit(out.logits, tokens), 0.0))
+        return metric, (next_token_losses(out.logits, tokens), box["f"], box["x_hat"])
+
+    delta0 = jnp.zeros(target.shape, jnp.float32)
+    if want_r_l0:
+        # ∇ of Σ_t metric_t w.r.t. the spliced reconstruction: one backward for the whole batch.
+        grad, (losses["spliced"], f, x_hat) = jax.grad(spliced, has_aux=True)(delta0)
+        r, valid = r_l0_per_token(attribution(f, grad, sae.W_dec))
+        # Only positions with a next token to predict have a metric of their own.
+        valid = valid & jnp.pad(tmask, ((0, 0), (0, 1))) & mask
+        sum_r, n_r = jnp.sum(jnp.where(valid, r, 0.0)), jnp.sum(valid)
+    else:
+        _, (losses["spliced"], f, x_hat) = spliced(delta0)
+        sum_r, n_r = jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32)
+
+    for name in ablations:
+        fill = jnp.zeros_like(target) if name == "zero" else jnp.broadcast_to(site_mean, target.shape)
+        abl = lambda a, fill=fill: jnp.where(keep, fill, a.astype(jnp.float32))
+        out = forward_from(params, config, layer, resid, attention_mask, splice={out_site: abl})
+        losses[name] = next_token_losses(out.logits, tokens)
+
+    active = (f != 0) & keep
+    sq = jnp.sum(jnp.square(target - x_hat), axis=-1) * mask       # [B, T]
+    n, mean, m2 = masked_moments(target, mask)
+    tm = tmask.astype(jnp.float32)
+    loss_sums = {k: jnp.sum(v * tm) for k, v in losses.items()}
+    if per_position:
+        pn, pmean, pm2 = masked_moments(target, mask, axis=0)
+        pos = (pn, jnp.sum(sq, 0), pmean, pm2, jnp.sum(tm, 0), {k: jnp.sum(v * tm, 0) for k, v in losses.items()})
+    else:
+        e = jnp.zeros((0,), jnp.float32)
+        pos = (e, e, jnp.zeros((0, target.shape[-1])), e, e, {k: e for k in losses})
+    return BatchStats(
+        n_tokens=n, sum_l0=jnp.sum(active, dtype=jnp.float32), sum_sq_err=jnp.sum(sq), target_mean=mean,
+        target_m2=m2, fire_count=jnp.sum(active, axis=(0, 1), dtype=jnp.int32), n_preds=jnp.sum(tm),
+        loss_sums=loss_sums, pos_n_tokens=pos[0], pos_sq_err=pos[1], pos_target_mean=pos[2],
+        pos_target_m2=pos[3], pos_n_preds=pos[4], pos_loss_sums=pos[5], sum_r_l0=sum_r, n_r_l0=n_r)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "site"))
+def site_sum(params, tokens, attention_mask, *, config: LMConfig, site: Site):
+    """(count, Σ activations [d]) at `site` over positions that count: the mean-ablation pre-pass,
+    a forward that stops at the site."""
+    mask = loss_mask(tokens, config, attention_mask)
+    acts = forward(params, config, tokens, attention_mask, sites=(site,), compute_logits=False).acts[site]
+    m = mask.astype(jnp.float32)
+    return jnp.sum(m), jnp.einsum("bt,btd->d", m, acts.astype(jnp.float32))
