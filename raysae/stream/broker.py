@@ -30,6 +30,7 @@ transfer (one network copy per batch per node, instead of one storage read per t
 
 from __future__ import annotations
 
+import concurrent.futures
 import threading
 import time
 from typing import Any, NamedTuple
@@ -98,6 +99,10 @@ class Broker:
                 and self.hi < self._floor(time.monotonic()) + self.K)
 
     def _produce(self) -> None:
+        # build batch j+1 (gather, /C) in a helper thread while batch j is ray.put:
+        # both copies release the GIL, so they overlap
+        pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="reader")
+        ahead: tuple[int, concurrent.futures.Future] | None = None
         try:
             while True:
                 with self.cond:
@@ -106,7 +111,17 @@ class Broker:
                     if self.stopped:
                         return
                     j = self.hi
-                ref = ray.put(self.reader.batch(j))
+                if ahead is not None and ahead[0] == j:
+                    arr = ahead[1].result()
+                else:
+                    if ahead is not None:  # a seek: drop the read-ahead (reader is not shared)
+                        ahead[1].result()
+                    arr = self.reader.batch(j)
+                ahead = None
+                if self.plan.has(self.broker, j + 1):
+                    ahead = (j + 1, pool.submit(self.reader.batch, j + 1))
+                ref = ray.put(arr)
+                del arr
                 with self.cond:
                     if self.hi != j:  # a seek moved us meanwhile
                         continue
@@ -120,6 +135,8 @@ class Broker:
             with self.cond:
                 self.error = e
                 self.cond.notify_all()
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     # --- consumer calls ------------------------------------------------------------------
     def fetch(self, consumer: str, start: int, count: int, ack: int,
