@@ -1,0 +1,167 @@
+"""`run_sweep`: validate, prepare data, start the shared brokers, run (or resume) Ray Tune.
+
+    from raysae.sweep import load_sweep, run_sweep
+    result = run_sweep(load_sweep("sweeps/tiny.yaml"))
+    result.frontier           # rows with frontier flags, also in <sweep>/frontier.{csv,json,png}
+
+The Python API takes what Tune takes: `param_space` entries are merged over the sweep's
+own axes (e.g. ``{"sparsity_coefficient": tune.loguniform(1e-4, 1e-1)}``), and
+`search_alg` / `scheduler` are any Tune searcher / scheduler (Optuna multi-objective over
+λ with ``metric=["eval/l0", "eval/delta_loss"]``, ASHA on ``fvu`` with
+``time_attr="step"``). Their metrics appear only in some results (eval/* in the last
+one), so strict metric checking is turned off when either is given.
+
+Layout under ``<storage>/<name>/`` (= Tune's experiment directory, any fsspec URL):
+``sweep.yaml`` (the resolved config), one directory per trial (Tune's result.json,
+progress.csv, TensorBoard events, checkpoint_*), ``saes/<site>/w<width>-l<λ>-<id>/``
+(params.npz and saelens/), ``frontier.csv|json|png``, and ``cache/<site>/`` for text sweeps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from typing import Any, Sequence
+
+import ray
+import yaml
+from ray import tune
+
+from raysae import storage
+from raysae.config import ConfigError, to_dict
+from raysae.evals import frontier as frontier_lib
+from raysae.sweep.callbacks import FrontierCallback
+from raysae.sweep.prepare import prepare_data, validate
+from raysae.sweep.spec import SweepConfig
+from raysae.sweep.trainable import stream_name, train_sae, trial_name
+
+log = logging.getLogger(__name__)
+CONFIG_NAME = "sweep.yaml"
+
+
+@dataclasses.dataclass
+class SweepResult:
+    sweep_url: str
+    results: Any                     # ray.tune.ResultGrid
+    frontier: list[dict]             # every trial's row, frontier flags set
+
+    @property
+    def table(self) -> str:
+        return frontier_lib.format_table(self.frontier)
+
+    @property
+    def plot_url(self) -> str:
+        return storage.join(self.sweep_url, frontier_lib.PNG_NAME)
+
+
+def param_space(config: SweepConfig, extra: dict | None = None) -> dict:
+    """The Tune search space: grid over sites × widths (× λ grid), or λ from a distribution."""
+    sp = config.sparsity
+    if sp.grid:
+        lam = tune.grid_search(list(sp.grid))
+    elif sp.distribution == "loguniform":
+        lam = tune.loguniform(sp.low, sp.high)
+    else:
+        lam = tune.uniform(sp.low, sp.high)
+    space = {"site": tune.grid_search(list(config.sites)),
+             "width": tune.grid_search(list(config.widths)), "sparsity_coefficient": lam}
+    space.update(extra or {})
+    return space
+
+
+def _storage(config: SweepConfig) -> tuple[str, Any]:
+    """(storage_path, storage_filesystem) for Tune: a pyarrow view of the fsspec filesystem."""
+    url = config.storage
+    if "://" not in url or url.startswith("file://"):
+        return os.path.abspath(url.removeprefix("file://")), None
+    import pyarrow.fs
+
+    fs, path = storage.fs_and_path(url)
+    return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
+
+
+def _trainable(config: SweepConfig, manifests: dict[str, str]):
+    fn = tune.with_parameters(train_sae, sweep=to_dict(config), manifests=manifests)
+    r = config.resources
+    if r.distributed:
+        from raysae.sweep import jax_trainer  # the trial drives a JaxTrainer job
+
+        return jax_trainer.trial_trainable(config, manifests)
+    return tune.with_resources(fn, {"cpu": r.cpus, "gpu": r.gpus})
+
+
+def _max_concurrent(config: SweepConfig) -> int:
+    if config.concurrency:
+        return config.concurrency
+    cpus = ray.cluster_resources().get("CPU", 1)
+    return max(1, int(cpus // config.resources.cpus))
+
+
+def _start_brokers(config: SweepConfig, manifests: dict[str, str]) -> list:
+    from raysae.stream import start_brokers
+
+    per_site = config.num_trials() // len(config.sites)
+    sc = config.stream
+    if sc.expect_consumers == 0:  # hold the first ring for the trials that start together
+        sc = dataclasses.replace(sc, expect_consumers=min(per_site, _max_concurrent(config)))
+    return [start_brokers(manifests[s], sc, name=stream_name(config, s)) for s in config.sites]
+
+
+def run_sweep(config: SweepConfig, *, resume: bool = False, param_space_extra: dict | None = None,
+              search_alg=None, scheduler=None, callbacks: Sequence = (),
+              verbose: int = 1) -> SweepResult:
+    """Run (or with `resume`, finish) the sweep; see the module docstring."""
+    validate(config)  # before any Ray work: a bad file fails in one line
+    sweep_url = config.sweep_url
+    storage_path, storage_fs = _storage(config)
+    exp_path = storage.join(storage_path, config.name) if storage_fs is None else \
+        f"{storage_path.rstrip('/')}/{config.name}"
+    has_sweep = storage.exists(storage.join(sweep_url, CONFIG_NAME))
+    if resume and not has_sweep:
+        raise ConfigError(f"--resume: no sweep to resume at {sweep_url}")
+    if not resume and has_sweep:
+        raise ConfigError(f"name: {sweep_url} already holds a sweep; pass --resume to finish "
+                          "it, or choose another name or storage")
+    if search_alg is not None or scheduler is not None:
+        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    if not ray.is_initialized():
+        ray.init(log_to_driver=verbose > 1)
+    manifests = prepare_data(config)
+    storage.write_bytes_atomic(storage.join(sweep_url, CONFIG_NAME),
+                               yaml.safe_dump(to_dict(config), sort_keys=False).encode())
+    brokers = _start_brokers(config, manifests) if config.shared_stream else []
+    trainable = _trainable(config, manifests)
+    try:
+        if resume and tune.Tuner.can_restore(exp_path, storage_filesystem=storage_fs):
+            tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True,
+                                       resume_errored=True, storage_filesystem=storage_fs)
+        else:
+            if resume:
+                log.warning("--resume: Tune has no state at %s yet; starting the trials", exp_path)
+            sp = config.sparsity
+            tuner = tune.Tuner(
+                trainable,
+                param_space=param_space(config, param_space_extra),
+                tune_config=tune.TuneConfig(
+                    search_alg=search_alg, scheduler=scheduler,
+                    num_samples=1 if sp.grid else sp.num_samples,
+                    max_concurrent_trials=config.concurrency or None,
+                    trial_name_creator=lambda t: trial_name(t.config),
+                    trial_dirname_creator=lambda t: f"{trial_name(t.config)}-{t.trial_id}"),
+                run_config=tune.RunConfig(
+                    name=config.name, storage_path=storage_path, storage_filesystem=storage_fs,
+                    failure_config=tune.FailureConfig(max_failures=config.failure.max_failures,
+                                                      fail_fast=config.failure.fail_fast),
+                    checkpoint_config=tune.CheckpointConfig(
+                        num_to_keep=config.train.keep_checkpoints),
+                    callbacks=[FrontierCallback(sweep_url), *callbacks],
+                    verbose=verbose))
+        results = tuner.fit()
+    finally:
+        from raysae.stream import stop_brokers
+
+        for b in brokers:
+            stop_brokers(b)
+    rows = frontier_lib.read_frontier(sweep_url)
+    return SweepResult(sweep_url=sweep_url, results=results, frontier=rows)

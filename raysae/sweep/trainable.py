@@ -1,0 +1,172 @@
+"""The Tune trainable: one JumpReLU SAE per trial, fed by the sweep's shared stream.
+
+`train_sae(params, sweep=..., manifests=...)` is a function trainable (wrap it with
+`tune.with_parameters`, as `raysae.sweep.launch` does). `params` is the trial's point:
+``site``, ``width``, ``sparsity_coefficient`` (plus any recipe field of TrainConfig a
+user's param_space varies, e.g. ``lr``).
+
+Checkpoints go through Tune, so trial restarts (FailureConfig) and `Tuner.restore` both
+work on any storage Tune can reach (gs:// included), with nothing trial-local surviving:
+the training loop writes its atomic checkpoint to a scratch directory on the worker, and
+`on_checkpoint` hands that directory to `tune.report(..., checkpoint=...)`, which persists
+it under the trial's directory in the sweep's storage. A restarted trial gets it back from
+`tune.get_checkpoint()`, lays it out as the loop's checkpoint layout and calls `train`
+with `resume=True`; the checkpoint's data position restarts the shared stream at the next
+batch, so a resumed trial sees exactly the batches an uninterrupted one would have.
+
+Reports: every `train.log_every` steps the loop's metrics (loss, l0, fvu, dead fraction,
+λ, ...) plus the stream's counters and the worker's pid; the last report adds the final
+evaluation (``eval/l0``, ``eval/fvu``, ``eval/mse``, ``eval/delta_loss``) and ``sae_url``,
+where the folded SAE was saved (Gemma Scope ``params.npz`` and a SAELens directory).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from typing import Any
+
+from ray import tune
+
+from raysae import storage
+from raysae.activations.shards import Manifest
+from raysae.config import from_dict
+from raysae.sweep.spec import SweepConfig, site_slug
+
+# TrainConfig fields a param_space may vary besides the sweep axes.
+AXES = ("site", "width", "sparsity_coefficient")
+
+
+def stream_name(config: SweepConfig, site: str) -> str:
+    """The broker group all trials of `site` in this sweep share."""
+    return f"{config.name}.{site_slug(site)}"
+
+
+def trial_name(params: dict) -> str:
+    """Short, readable, path-safe trial name: res_1-w256-l0.003."""
+    return (f"{site_slug(params['site'])}-w{int(params['width'])}"
+            f"-l{float(params['sparsity_coefficient']):.4g}")
+
+
+def sae_url(config: SweepConfig, params: dict, trial_id: str) -> str:
+    return storage.join(config.sweep_url, "saes", site_slug(params["site"]),
+                        f"{trial_name(params).split('-', 1)[1]}-{trial_id}")
+
+
+def _restore_checkpoint(local: str) -> int:
+    """Lay Tune's checkpoint (if any) out under `local` as the loop expects; its step or 0."""
+    ckpt = tune.get_checkpoint()
+    if ckpt is None:
+        return 0
+    with ckpt.as_directory() as d:
+        meta = json.loads(open(os.path.join(d, "meta.json")).read())
+        name = f"step-{int(meta['step']):09d}"
+        shutil.copytree(d, os.path.join(local, name), dirs_exist_ok=True)
+    with open(os.path.join(local, "latest"), "w") as f:
+        f.write(name)
+    return int(meta["step"])
+
+
+def _data(config: SweepConfig, site: str, manifest_url: str, consumer_id: str, opened: list):
+    """start -> iterator of (global index, normalised batch), shared or a private copy."""
+    from raysae.stream import BatchStream, LocalStream
+
+    def open_at(start: int):
+        if config.shared_stream:
+            s = BatchStream(stream_name(config, site), start_index=start, consumer_id=consumer_id)
+        else:
+            s = LocalStream(manifest_url, config.stream, start_index=start)
+        opened.append(s)
+        return s
+
+    return open_at
+
+
+def train_sae(params: dict, *, sweep: dict, manifests: dict[str, str]) -> None:
+    """Tune function trainable; see the module docstring."""
+    from raysae.sweep.evaluate import final_evaluation
+    from raysae.train import train
+
+    config = from_dict(SweepConfig, sweep)
+    site = params["site"]
+    extra = {k: v for k, v in params.items() if k not in AXES}
+    tc = config.trial_train_config(params["width"], params["sparsity_coefficient"])
+    if extra:  # a user's param_space may vary other recipe knobs (lr, bandwidth, ...)
+        tc = from_dict(type(tc), {**_asdict(tc), **extra}, "params")
+    manifest_url = manifests[site]
+    manifest = Manifest.load(manifest_url)
+    ctx = tune.get_context()
+    trial_id = ctx.get_trial_id() or "local"
+    local = tempfile.mkdtemp(prefix=f"raysae-{trial_id}-")
+    opened: list = []
+    state = {"last": {}, "pending": None, "restored_step": 0}
+
+    def base() -> dict:
+        out = {"pid": os.getpid(), "restored_step": state["restored_step"]}
+        if opened and hasattr(opened[-1], "metrics"):
+            out.update(opened[-1].metrics())
+        return out
+
+    def report(row: dict, checkpoint_dir: str | None = None) -> None:
+        ckpt = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        tune.report({**row, **base()}, checkpoint=ckpt)
+
+    def on_metrics(step: int, row: dict) -> None:
+        state["last"] = row
+        report(row, state.pop("pending", None))
+        state["pending"] = None
+
+    def on_checkpoint(url: str, step: int) -> None:
+        if step % tc.log_every == 0 and step < tc.steps:
+            state["pending"] = url       # reported with this step's metrics, just after
+        elif step < tc.steps:
+            report({**state["last"], "step": step}, url)
+        else:
+            state["pending"] = url       # the final checkpoint rides on the final report
+
+    try:
+        state["restored_step"] = _restore_checkpoint(local)
+        result = train(tc, _data(config, site, manifest_url, trial_id, opened), d=manifest.d,
+                       d_out=manifest.d if tc.transcoder else None,
+                       norm_scalar=manifest.norm_scalar, inputs_normalized=True,
+                       checkpoint_url=local, resume=True, on_metrics=on_metrics,
+                       on_checkpoint=on_checkpoint)
+        final = dict(result.history[-1]) if result.history else dict(state["last"])
+        final["step"] = result.steps
+        if config.final_eval.enabled:
+            final.update(final_evaluation(config, site, manifest_url, result))
+        url = sae_url(config, params, trial_id)
+        _save(config, site, manifest, result, url, tc)
+        final["sae_url"] = url
+        report(final, state.get("pending"))
+    finally:
+        for s in opened:
+            if hasattr(s, "close"):
+                s.close()
+        shutil.rmtree(local, ignore_errors=True)
+
+
+def _asdict(obj: Any) -> dict:
+    from raysae.config import to_dict
+
+    return to_dict(obj)
+
+
+def _save(config: SweepConfig, site: str, manifest: Manifest, result, url: str, tc) -> None:
+    """The folded SAE (raw activation space) in the formats the sweep asks for."""
+    from raysae.lm.config import Site
+    from raysae.sae import formats
+
+    if "npz" in config.final_eval.formats:
+        formats.save_npz(result.folded, url)
+    if "saelens" in config.final_eval.formats:
+        s = Site.parse(site)
+        formats.save_saelens(
+            result.folded, storage.join(url, "saelens"), model_name=config.model,
+            hook_name=str(s), hook_layer=s.layer, context_size=config.eval.context_length,
+            extra={"sweep": config.name, "site": str(s), "width": tc.width,
+                   "sparsity_coefficient": tc.sparsity_coefficient, "steps": result.steps,
+                   "tokens": result.steps * tc.batch_size, "norm_scalar": result.norm_scalar,
+                   "manifest": manifest.model})
