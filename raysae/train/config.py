@@ -37,6 +37,9 @@ class TrainConfig:
     checkpoint_every: int = 1000
     keep_checkpoints: int = 2
     dead_window_steps: int = 1000           # a latent not fired for this many steps is dead
+    # Sharded training (train/mesh.py): None lets the cost model choose the split.
+    data_parallel: int | None = None        # devices the batch is split over
+    model_parallel: int | None = None       # devices the latent axis M is split over (Megatron)
 
     def __post_init__(self):
         check(self.width > 0, "width", f"must be positive, got {self.width}")
@@ -59,6 +62,15 @@ class TrainConfig:
         check(self.checkpoint_every > 0, "checkpoint_every", "must be positive")
         check(self.keep_checkpoints > 0, "keep_checkpoints", "must be positive")
         check(self.dead_window_steps > 0, "dead_window_steps", "must be positive")
+        for name in ("data_parallel", "model_parallel"):
+            value = getattr(self, name)
+            check(value is None or value > 0, name, f"must be positive or null, got {value}")
+        check(self.data_parallel is None or self.batch_size % self.data_parallel == 0,
+              "data_parallel", f"batch_size={self.batch_size} is not divisible by "
+              f"data_parallel={self.data_parallel}")
+        check(self.model_parallel is None or self.width % self.model_parallel == 0,
+              "model_parallel", f"width={self.width} is not divisible by "
+              f"model_parallel={self.model_parallel}")
 
     @property
     def tokens(self) -> int:

@@ -28,7 +28,7 @@ import numpy as np
 
 from raysae.sae.fold import fold
 from raysae.sae.params import SAEParams
-from raysae.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from raysae.train.checkpoint import _host, latest_checkpoint, load_checkpoint, save_checkpoint
 from raysae.train.config import TrainConfig
 from raysae.train.step import TrainState, init_state, jit_train_step
 
@@ -170,7 +170,8 @@ def train(config: TrainConfig, data: DataSource, *, d: int | None = None,
                               write=write_checkpoints)
         if on_checkpoint:
             on_checkpoint(url, step)
-    params = jax.tree.map(lambda a: np.asarray(jax.device_get(a)), state.params)
+    # _host gathers arrays sharded across processes (every process must get here).
+    params = jax.tree.map(_host, state.params)
     return TrainResult(params=params,
                        folded=fold(params, norm_scalar, pre_encoder_bias=not config.transcoder),
                        norm_scalar=norm_scalar, state=state, history=history, steps=step,

@@ -1,0 +1,231 @@
+"""Device mesh, partition rules and the automatic data × model split for SAE training.
+
+A 2-D mesh with axes ``("data", "model")`` spans every device of the job (one host or many).
+The rules (Gemma Scope §4.2, Megatron on the latent axis M):
+
+    W_enc [d, M]  P(None, "model")        W_dec [M, d]  P("model", None)
+    b_enc, θ [M]  P("model")              b_dec [d]     P()   (replicated)
+    batch [B, d]  P("data", None)         step counters, scalars: replicated
+
+so every latent-indexed tensor (and the Adam moments, `last_fired`) is split over "model"
+and replicated over "data". A model split then only all-reduces [B, d]-sized tensors
+(the reconstruction, the b_dec gradient) and scalars; a data split all-reduces gradients.
+`model=1` is pure data parallelism, `data=1` pure Megatron, anything between mixes them.
+
+`choose_degrees` picks the split with the paper's rule: the smallest data degree whose
+host-to-device transfer of the batch is a bit below the step time (a simple cost model
+over a `DeviceProfile`), among splits that divide the batch and width and fit in memory.
+TrainConfig.data_parallel / model_parallel override it; a degree that does not divide
+the batch or the width is a ConfigError naming the field.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import numpy as np
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from raysae.config import ConfigError
+from raysae.sae.params import SAEParams
+
+DATA, MODEL = "data", "model"
+
+PARAM_SPECS = SAEParams(W_enc=P(None, MODEL), W_dec=P(MODEL, None), b_enc=P(MODEL),
+                        b_dec=P(), threshold=P(MODEL))
+BATCH_SPEC = P(DATA, None)
+
+
+def make_mesh(data: int, model: int, devices: list | None = None) -> Mesh:
+    """A (data, model) mesh over `devices` (default: all devices of the job).
+
+    Devices are ordered by (process, id) with "model" varying fastest, so a model group
+    stays inside one host whenever model ≤ local devices: the per-step [B, d] all-reduces
+    ride the fast intra-host links, the data-parallel gradient all-reduce crosses hosts.
+    On one TPU host the topology-aware ordering of `mesh_utils` is used instead.
+    """
+    devices = list(jax.devices() if devices is None else devices)
+    if data * model != len(devices):
+        raise ConfigError(f"data_parallel: data × model = {data} × {model} = {data * model} "
+                          f"but the job has {len(devices)} devices")
+    if len({d.process_index for d in devices}) == 1 and devices[0].platform == "tpu":
+        from jax.experimental import mesh_utils
+        grid = mesh_utils.create_device_mesh((data, model), devices)
+    else:
+        grid = np.array(sorted(devices, key=lambda d: (d.process_index, d.id)),
+                        dtype=object).reshape(data, model)
+    # Auto axes: XLA's partitioner propagates the shardings we put on inputs and outputs.
+    return Mesh(grid, (DATA, MODEL), axis_types=(AxisType.Auto, AxisType.Auto))
+
+
+def _is_params(x: Any) -> bool:
+    return isinstance(x, SAEParams)
+
+
+def state_specs(state: Any) -> Any:
+    """PartitionSpecs for a TrainState (or any pytree holding SAEParams, e.g. optax state).
+
+    SAEParams nodes (params, Adam mu and nu) get PARAM_SPECS; a leaf of rank 1 whose
+    length is the width (`last_fired`) is split on "model"; everything else is replicated.
+    """
+    width = None
+    for node in jax.tree_util.tree_leaves(state, is_leaf=_is_params):
+        if _is_params(node):
+            width = node.W_enc.shape[1]
+            break
+
+    def spec(node):
+        if _is_params(node):
+            return PARAM_SPECS
+        if width is not None and getattr(node, "ndim", 0) == 1 and node.shape[0] == width:
+            return P(MODEL)
+        return P()
+
+    return jax.tree.map(spec, state, is_leaf=_is_params)
+
+
+def shardings(mesh: Mesh, specs: Any) -> Any:
+    """NamedShardings on `mesh` for a pytree of PartitionSpecs."""
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), specs,
+                        is_leaf=lambda s: isinstance(s, P))
+
+
+class DeviceProfile(NamedTuple):
+    """What the cost model needs to know about one accelerator and its host."""
+
+    peak_flops: float          # dense matmul FLOP/s per device in the compute dtype
+    host_to_device: float      # bytes/s one host can push to its devices in total
+    memory_bytes: float        # usable memory per device
+    efficiency: float = 0.5    # fraction of peak a step reaches (the paper: ≈0.5 on TPUv3)
+
+
+# Rough public figures (dense, per device). bf16 peak; fp32 compute divides by `fp32_ratio`.
+_PROFILES = {
+    "tpu v3": (123e12 / 2, 10e9, 16e9),   # per core (2 cores/chip), PCIe host link
+    "tpu v4": (275e12, 20e9, 32e9),
+    "tpu v5 lite": (197e12, 20e9, 16e9),
+    "tpu v5e": (197e12, 20e9, 16e9),
+    "tpu v5p": (459e12, 20e9, 95e9),
+    "tpu v6 lite": (918e12, 25e9, 32e9),
+    "h100": (989e12, 50e9, 80e9),
+    "h200": (989e12, 50e9, 141e9),
+    "a100": (312e12, 25e9, 80e9),
+}
+_FP32_RATIO = {"h100": 989 / 67, "h200": 989 / 67, "a100": 312 / 19.5}
+
+
+def detect_profile(device=None, compute_dtype: str = "float32") -> DeviceProfile:
+    """A DeviceProfile from the device kind (public peak figures); CPUs get a nominal one."""
+    device = device or jax.devices()[0]
+    kind = device.device_kind.lower()
+    for key, (peak, h2d, mem) in _PROFILES.items():
+        if key in kind:
+            if compute_dtype == "float32":
+                peak = peak / _FP32_RATIO.get(key, 1.0)  # TPUs run fp32 matmuls in bf16 passes
+            return DeviceProfile(peak, h2d, mem)
+    # CPU "devices" share the host: transfer is a memcpy, memory is host RAM.
+    return DeviceProfile(peak_flops=50e9, host_to_device=5e9, memory_bytes=8e9)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """A chosen split and the cost-model estimates behind it (seconds, bytes per device)."""
+
+    data: int
+    model: int
+    step_s: float
+    transfer_s: float
+    memory_bytes: float
+    reason: str
+
+
+def step_flops(batch: int, d: int, width: int) -> float:
+    """12·B·d·M: encoder and decoder matmuls (2·B·d·M each), ×3 for forward + backward."""
+    return 12.0 * batch * d * width
+
+
+def estimate(batch: int, d: int, width: int, data: int, model: int, profile: DeviceProfile,
+             local_devices: int, in_bytes: int = 4) -> tuple[float, float, float]:
+    """(step seconds, host-to-device seconds, bytes per device) for one (data, model) split."""
+    n = data * model
+    step = step_flops(batch, d, width) / (n * profile.peak_flops * profile.efficiency)
+    # Each device receives its data shard of the batch (replicated across its model group),
+    # and one host feeds all of its local devices over its link.
+    transfer = local_devices * (batch / data) * d * in_bytes / profile.host_to_device
+    params = (2 * d * width + 2 * width + d) * 4
+    state = 3 * params / model + width * 4 / model        # params + Adam mu, nu + last_fired
+    activations = 4 * (batch / data) * (width / model) * 4  # z, f, their grads (fp32)
+    return step, transfer, state + activations
+
+
+def choose_degrees(width: int, d: int, batch: int, num_devices: int, *,
+                   profile: DeviceProfile | None = None, local_devices: int | None = None,
+                   data_parallel: int | None = None, model_parallel: int | None = None,
+                   headroom: float = 0.9) -> Plan:
+    """The (data, model) split for a run: overrides if given, else the paper's rule.
+
+    Candidates are splits with data | batch and model | width. The rule: the smallest data
+    degree whose transfer time is at most `headroom` × step time, among those that fit in
+    memory; if none is fast enough, the one with the least transfer (largest data degree).
+    """
+    profile = profile or detect_profile()
+    local_devices = local_devices or num_devices
+    _check_overrides(width, batch, num_devices, data_parallel, model_parallel)
+    if data_parallel is not None or model_parallel is not None:
+        data = data_parallel or num_devices // model_parallel
+        model = num_devices // data
+        s, t, m = estimate(batch, d, width, data, model, profile, local_devices)
+        return Plan(data, model, s, t, m, "set in config")
+    candidates = []
+    for data in range(1, num_devices + 1):
+        model = num_devices // data
+        if data * model != num_devices or batch % data or width % model:
+            continue
+        candidates.append((data, model) + estimate(batch, d, width, data, model, profile,
+                                                   local_devices))
+    if not candidates:
+        raise ConfigError(f"width: no data × model split of {num_devices} devices divides "
+                          f"batch_size={batch} and width={width}")
+    fits = [c for c in candidates if c[4] <= profile.memory_bytes] or candidates
+    for data, model, s, t, m in fits:
+        if t <= headroom * s:
+            return Plan(data, model, s, t, m, "smallest data degree with transfer below step time")
+    data, model, s, t, m = fits[-1]
+    return Plan(data, model, s, t, m, "transfer-bound: largest data degree")
+
+
+def _check_overrides(width: int, batch: int, n: int, data: int | None, model: int | None) -> None:
+    for name, value in (("data_parallel", data), ("model_parallel", model)):
+        if value is not None and (value <= 0 or n % value):
+            raise ConfigError(f"{name}: {value} does not divide the {n} devices of the job")
+    if data is not None and model is not None and data * model != n:
+        raise ConfigError(f"data_parallel: data_parallel × model_parallel = {data} × {model} "
+                          f"= {data * model}, but the job has {n} devices")
+    data = data or (n // model if model else None)
+    model = model or (n // data if data else None)
+    if data is not None and batch % data:
+        raise ConfigError(f"data_parallel: batch_size={batch} is not divisible by the data "
+                          f"degree {data}")
+    if model is not None and width % model:
+        raise ConfigError(f"model_parallel: width={width} is not divisible by the model "
+                          f"degree {model}")
+
+
+def mesh_for(config, d: int, devices: list | None = None,
+             profile: DeviceProfile | None = None) -> tuple[Mesh, Plan]:
+    """The mesh a TrainConfig should train on over `devices` (default: all of the job's)."""
+    devices = list(jax.devices() if devices is None else devices)
+    local = sum(1 for x in devices if x.process_index == jax.process_index())
+    plan = choose_degrees(config.width, d, config.batch_size, len(devices),
+                          profile=profile or detect_profile(devices[0], config.compute_dtype),
+                          local_devices=local,
+                          data_parallel=getattr(config, "data_parallel", None),
+                          model_parallel=getattr(config, "model_parallel", None))
+    return make_mesh(plan.data, plan.model, devices), plan
+
+
+__all__ = ["DATA", "MODEL", "PARAM_SPECS", "BATCH_SPEC", "make_mesh", "state_specs",
+           "shardings", "DeviceProfile", "detect_profile", "Plan", "step_flops", "estimate",
+           "choose_degrees", "mesh_for"]
