@@ -27,6 +27,7 @@ import json
 import sys
 import time
 import uuid
+from typing import NamedTuple
 
 import numpy as np
 
@@ -186,8 +187,6 @@ def _still_there(url: str, info: ShardInfo) -> bool:
 
 def build_cache(config: CacheConfig, overwrite: bool = False) -> CacheSummary:
     """`cache_activations` with the run's numbers (`CacheSummary`)."""
-    import ray
-
     t_start = time.perf_counter()
     lm = lmsource.lm_config(config)
     dims = _site_dims(config, lm)
@@ -207,17 +206,9 @@ def build_cache(config: CacheConfig, overwrite: bool = False) -> CacheSummary:
         summary.seconds = time.perf_counter() - t_start
         return summary
 
-    if not ray.is_initialized():
-        ray.init()
     t0 = time.perf_counter()
-    tokens, _ = pipeline.tokenize_files(files, config, lmsource.load_tokenizer(config, lm), lm)
-    mask = pipeline.row_mask(tokens, lm)
-    if config.max_tokens is not None:
-        keep = np.cumsum((tokens != lm.pad_id).sum(1)) <= config.max_tokens
-        tokens, mask = tokens[keep], mask[keep]
-    plan = shuffle.plan_shards(mask.sum(1), config.rows_per_shard, config.seed, config.shuffle)
-    if plan.n_shards == 0:
-        raise sources.InputError("inputs: no token positions to cache (all sequences empty or too short)")
+    cp = plan_cache(config, files, lm)
+    tokens, plan = cp.tokens, cp.plan
     summary.tokenize_s = time.perf_counter() - t0
 
     todo: dict[int, list[str]] = {}
@@ -257,6 +248,35 @@ def build_cache(config: CacheConfig, overwrite: bool = False) -> CacheSummary:
     if config.progress:
         print(summary.line(), flush=True)
     return summary
+
+
+class CachePlan(NamedTuple):
+    tokens: np.ndarray     # [n_seq, T] int32 sequences, in input order
+    documents: np.ndarray  # [n_seq] global document id of each sequence
+    mask: np.ndarray       # [n_seq, T] bool: positions that become rows
+    plan: shuffle.ShardPlan
+
+
+def plan_cache(config: CacheConfig, files: list | None = None, lm=None) -> CachePlan:
+    """Tokenize the inputs (Ray Data tasks) and plan the shards: exactly what `build_cache` runs.
+
+    Together with `shuffle.row_sources` this says which token every cached row came from.
+    """
+    import ray
+
+    lm = lm or lmsource.lm_config(config)
+    files = files if files is not None else sources.resolve_inputs(config)
+    if not ray.is_initialized():
+        ray.init()
+    tokens, docs = pipeline.tokenize_files(files, config, lmsource.load_tokenizer(config, lm), lm)
+    if config.max_tokens is not None:
+        keep = np.cumsum((tokens != lm.pad_id).sum(1)) <= config.max_tokens
+        tokens, docs = tokens[keep], docs[keep]
+    mask = pipeline.row_mask(tokens, lm)
+    plan = shuffle.plan_shards(mask.sum(1), config.rows_per_shard, config.seed, config.shuffle)
+    if plan.n_shards == 0:
+        raise sources.InputError("inputs: no token positions to cache (all sequences empty or too short)")
+    return CachePlan(tokens, docs, mask, plan)
 
 
 def _save_journal(config, key, url, digest, journal: dict, n_shards: int) -> None:
