@@ -98,6 +98,8 @@ def prepare_data(config: SweepConfig) -> dict[str, str]:
     """{site: manifest URL}, running the (idempotent) caching job first for text sweeps."""
     if config.data.text is not None:
         from raysae.activations.cache import cache_activations
+        from raysae.activations.config import site_key
 
-        cache_activations(cache_config(config))
+        urls = cache_activations(cache_config(config))
+        return {s: urls[site_key(s)] for s in config.sites}
     return {s: manifest_url(config, s) for s in config.sites}
