@@ -2,7 +2,7 @@
 
 Cost per batch (L = the site's layer): one forward up to the residual entering block L, then
 from there one partial forward for the clean loss (which also reads the site), one with the SAE
-spliced in, and one per ablation; r_L0 adds the backward of the spliced pass. So delta loss costs
+spliced in, and one per ablation; r_L0 adds a forward and backward from the site. So delta loss costs
 one extra forward from the site on, not a second full forward. Clean and spliced passes run the
 same code from the same residual, so an SAE whose reconstruction equals its input gives a delta
 loss of exactly 0.
@@ -95,15 +95,17 @@ def batch_stats(params, sae: SAEParams, site_mean, tokens, attention_mask, *, co
         return metric, (next_token_losses(out.logits, tokens), box["f"], box["x_hat"])
 
     delta0 = jnp.zeros(target.shape, jnp.float32)
+    _, (losses["spliced"], f, x_hat) = spliced(delta0)
     if want_r_l0:
         # ∇ of Σ_t metric_t w.r.t. the spliced reconstruction: one backward for the whole batch.
-        grad, (losses["spliced"], f, x_hat) = jax.grad(spliced, has_aux=True)(delta0)
+        # A pass of its own: differentiating the loss pass above would let XLA fuse it differently
+        # from the clean pass, and an exact reconstruction would no longer give delta loss 0.
+        grad = jax.grad(lambda d: spliced(d)[0])(delta0)
         r, valid = r_l0_per_token(attribution(f, grad, sae.W_dec))
         # Only positions with a next token to predict have a metric of their own.
         valid = valid & jnp.pad(tmask, ((0, 0), (0, 1))) & mask
         sum_r, n_r = jnp.sum(jnp.where(valid, r, 0.0)), jnp.sum(valid)
     else:
-        _, (losses["spliced"], f, x_hat) = spliced(delta0)
         sum_r, n_r = jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32)
 
     for name in ablations:

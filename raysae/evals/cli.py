@@ -1,0 +1,107 @@
+"""`raysae eval` (and `python -m raysae.evals`): evaluate one SAE file on one site of a model.
+
+    raysae eval --sae gs://b/sae/params.npz --model tiny --site res:2 --text 'data/*.txt' --out runs/eval1
+    raysae eval --sae runs/tc --site 'mlp_in:1->mlp:1' --tokens toks.npy --num-sequences 256
+
+Settings come from `--config eval.yaml` (an EvalConfig), then `--set field=value`, then the
+flags below. Writes eval.json, frequencies.npy and PNGs under --out, and prints the headline
+numbers. `add_parser(subparsers)` / `run(args)` let raysae/cli.py mount this as a subcommand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from raysae.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
+
+FLAGS = {  # flag dest -> EvalConfig field
+    "num_sequences": "num_sequences", "context_length": "context_length", "batch_size": "batch_size",
+}
+
+
+def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--sae", required=True, help="params.npz (or a directory with one) or a SAELens dir; any fsspec URL")
+    p.add_argument("--model", default="tiny", help="'tiny' or a Hugging Face Gemma 2 checkpoint dir URL "
+                   "(another checkpoint than the SAE's = transfer eval)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--site", required=True, help="e.g. res:2, attn:0, mlp:3, or mlp_in:1->mlp:1 (transcoder)")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--text", action="append", metavar="URL",
+                     help="text file, directory or glob (repeatable); .jsonl reads the 'text' field")
+    src.add_argument("--tokens", metavar="URL", help=".npy int array: [N, T] rows or a 1-D stream")
+    p.add_argument("--out", help="directory URL for eval.json, frequencies.npy and PNGs")
+    p.add_argument("--config", help="YAML file with EvalConfig fields")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a config field")
+    p.add_argument("--num-sequences", type=int)
+    p.add_argument("--context-length", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--ablations", help="comma list of zero,mean, or 'none'")
+    p.add_argument("--no-r-l0", action="store_true", help="skip r_L0 (saves a backward pass)")
+    p.add_argument("--no-per-position", action="store_true")
+    p.add_argument("--no-pack", action="store_true", help="one document per row instead of packing")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def add_parser(subparsers) -> argparse.ArgumentParser:
+    """Register `eval` on an argparse subparsers object; the handler is `run`."""
+    p = subparsers.add_parser("eval", help="evaluate an SAE: L0, FVU, delta LM loss, per position, "
+                              "firing frequency, r_L0", description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    _configure(p)
+    p.set_defaults(func=run)
+    return p
+
+
+def eval_config(args):
+    """The EvalConfig from --config, --set and the flags (later wins)."""
+    from raysae.evals.config import EvalConfig
+
+    data = to_dict(load_yaml(EvalConfig, args.config)) if args.config else {}
+    apply_overrides(data, list(args.set))
+    for dest, field in FLAGS.items():
+        if getattr(args, dest) is not None:
+            data[field] = getattr(args, dest)
+    if args.ablations is not None:
+        data["ablations"] = [] if args.ablations == "none" else [a.strip() for a in args.ablations.split(",") if a]
+    for flag, field in (("no_r_l0", "r_l0"), ("no_per_position", "per_position"), ("no_pack", "pack"),
+                        ("no_progress", "progress")):
+        if getattr(args, flag):
+            data[field] = False
+    return from_dict(EvalConfig, data, "eval")
+
+
+def run(args) -> int:
+    """Run `raysae eval` from parsed args; returns the exit code (errors print one line, code 2)."""
+    from raysae.evals.evaluate import check_inputs, evaluate, parse_sites
+    from raysae.evals.inputs import iter_texts, load_sae, read_tokens
+    from raysae.evals.report import write_report
+    from raysae.lm.api import load_lm
+    from raysae.lm.weights import CheckpointError
+    from raysae.sae.formats import SAEFormatError
+
+    try:
+        config = eval_config(args)
+        sae = load_sae(args.sae)
+        in_site, out_site = parse_sites(args.site)
+        model = load_lm(args.model, args.dtype)
+        check_inputs(sae, model.config, in_site, out_site, model_name=model.name)
+        source = {"texts": iter_texts(args.text)} if args.text else {"tokens": read_tokens(args.tokens)}
+        report = evaluate(sae, model, args.site, config=config, sae_name=args.sae, **source)
+    except (ConfigError, SAEFormatError, CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f"raysae eval: error: {e}", file=sys.stderr)
+        return 2
+    if args.out:
+        for url in write_report(report, args.out, plots=not args.no_plots):
+            print(f"wrote {url}", file=sys.stderr)
+    print(json.dumps({"sae": args.sae, "model": report.model, "site": report.site, **report.metrics()}, indent=2))
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = _configure(argparse.ArgumentParser(prog="python -m raysae.evals", description=__doc__,
+                                                formatter_class=argparse.RawDescriptionHelpFormatter))
+    return run(parser.parse_args(argv))
