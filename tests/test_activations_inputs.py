@@ -150,3 +150,37 @@ def test_row_sources_follow_the_shard_permutation():
         unshuffled = np.concatenate([s * 10 + np.flatnonzero(mask[s]) for s in plan.sequences(k)])
         assert (shuffle.shuffle_rows(unshuffled, 1, k) == ids).all()
         assert mask[seq, pos].all() and len(seq) == plan.rows[k]
+
+
+def _cli_args(argv):
+    import argparse
+
+    from raysae.activations import cli
+
+    sub = argparse.ArgumentParser(prog="raysae").add_subparsers(dest="cmd")
+    cli.add_parser(sub)
+    return cli, sub._name_parser_map["cache"].parse_args(argv)
+
+
+def test_cli_builds_the_config_from_yaml_flags_and_set(tmp_path):
+    y = tmp_path / "job.yaml"
+    y.write_text("inputs: [python-stdlib]\noutput: memory://o\nsites: ['res:1']\ncontext_length: 64\n")
+    cli, args = _cli_args([str(y), "--site", "mlp:2", "--site", "transcoder:0", "--batch-size", "2",
+                           "--set", "seed=7", "--set", "dtype=bfloat16"])
+    c = cli.load_config(args)
+    assert c.sites == ["mlp:2", "transcoder:0"] and c.batch_size == 2 and c.seed == 7
+    assert c.context_length == 64 and c.dtype == "bfloat16" and c.inputs == ["python-stdlib"]
+    cli, args = _cli_args([str(y), "--set", "rows_per_shard=3"])
+    with pytest.raises(ConfigError, match="job.yaml: rows_per_shard"):
+        cli.load_config(args)
+
+
+def test_cli_reports_bad_jobs_with_exit_code_2(tmp_path, capsys):
+    from raysae.activations import cli
+
+    assert cli.main(["--input", str(tmp_path / "none.txt"), "--output", str(tmp_path / "o"),
+                     "--site", "res:1"]) == 2
+    assert "none.txt: file not found" in capsys.readouterr().err
+    assert cli.main(["--input", "python-stdlib", "--output", str(tmp_path / "o"),
+                     "--site", "res:99"]) == 2
+    assert "res:99" in capsys.readouterr().err

@@ -198,3 +198,15 @@ def test_overwrite_replaces_a_different_cache(local_cache, tmp_path):
     m = Manifest.load(got.manifests["res:1"])
     assert m.d == 128 and m.tokens <= 300 and manifest_matches(got.manifests["res:1"], small, "res:1")
     assert cache_mod.JOURNAL not in os.listdir(os.path.join(out, "res_1"))
+
+
+def test_cli_run_reuses_the_cache(local_cache, capsys):
+    from raysae.activations import cli
+
+    cfg, summary = local_cache
+    argv = ["--input", cfg.inputs[0], "--output", cfg.output, "--context-length", "32",
+            "--rows-per-shard", "256", "--batch-size", "2", "--set", "norm_sample_rows=1000000",
+            "--set", "progress=false"] + [a for s in SITES for a in ("--site", s)]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"res:1\t{summary.manifests['res:1']}  (reused)" in out and "nothing to do" in out
