@@ -1,0 +1,113 @@
+"""`raysae`: the command line, a thin layer over the Python API.
+
+    raysae sweep FILE [--resume] [--set key=value ...] [--address ADDR]
+    raysae cache ...      (raysae/activations/cli.py)
+    raysae eval ...       (raysae/evals/cli.py)
+
+`raysae sweep tiny` runs the embedded sweeps/tiny.yaml. A bad sweep file (unknown key,
+bad value, missing data) is reported in one line naming the field, exit status 2, before
+Ray starts. Subcommands of other packages are imported lazily, so one that is missing or
+broken does not take the others down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+EMBEDDED = {"tiny": os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                 "sweeps", "tiny.yaml")}
+# name -> module with add_parser(subparsers) and run(args)
+PLUGINS = {"cache": "raysae.activations.cli", "eval": "raysae.evals.cli"}
+
+
+def sweep_file(name: str) -> str:
+    """A sweep YAML URL, or the path of an embedded one ("tiny")."""
+    return EMBEDDED.get(name, name)
+
+
+def _add_sweep(subparsers) -> None:
+    p = subparsers.add_parser(
+        "sweep", help="train a sweep of SAEs on Ray Tune (sites x widths x λ)",
+        description="Run the sweep in FILE (any fsspec URL, or 'tiny' for the embedded demo) "
+                    "on the Ray cluster in RAY_ADDRESS / --address, or a local one.")
+    p.add_argument("file", help="sweep YAML (see sweeps/tiny.yaml), or 'tiny'")
+    p.add_argument("--resume", action="store_true",
+                   help="finish an interrupted sweep (Tuner.restore): finished trials are kept, "
+                        "unfinished ones resume from their last checkpoint")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field, e.g. --set train.lr=3e-4 --set widths=[4096,16384]")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local cluster)")
+    p.add_argument("--check", action="store_true", help="validate the file and exit")
+    p.add_argument("-v", "--verbose", type=int, default=1, help="Tune verbosity 0-3 (default 1)")
+    p.set_defaults(_run=run_sweep_command)
+
+
+def run_sweep_command(args: argparse.Namespace) -> int:
+    from raysae.config import ConfigError
+    from raysae.sweep.prepare import validate
+    from raysae.sweep.spec import load_sweep
+
+    try:
+        config = load_sweep(sweep_file(args.file), args.overrides)
+        validate(config)
+    except ConfigError as e:
+        print(f"raysae sweep: error: {e}", file=sys.stderr)
+        return 2
+    if args.check:
+        print(f"{args.file}: ok ({config.num_trials()} trials, {config.steps} steps each, "
+              f"results in {config.sweep_url})")
+        return 0
+    import ray
+
+    from raysae.sweep.launch import run_sweep
+
+    if args.address:
+        ray.init(address=args.address)
+    try:
+        result = run_sweep(config, resume=args.resume, verbose=args.verbose)
+    except ConfigError as e:
+        print(f"raysae sweep: error: {e}", file=sys.stderr)
+        return 2
+    print()
+    print(result.table)
+    print(f"frontier: {result.plot_url}")
+    errors = [r for r in result.results if r.error is not None]
+    if errors:
+        print(f"{len(errors)} trial(s) failed; `raysae sweep {args.file} --resume` retries them",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, str]]:
+    parser = argparse.ArgumentParser(prog="raysae", description="JumpReLU SAE sweeps on Ray")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_sweep(sub)
+    unavailable = {}
+    for name, module in PLUGINS.items():
+        try:
+            mod = importlib.import_module(module)
+            mod.add_parser(sub).set_defaults(_run=mod.run)
+        except Exception as e:  # a missing or broken plugin must not break `raysae sweep`
+            unavailable[name] = f"{type(e).__name__}: {e}"
+    return parser, unavailable
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, unavailable = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in unavailable:
+        print(f"raysae {argv[0]}: unavailable ({unavailable[argv[0]]})", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
+    if not getattr(args, "_run", None):
+        parser.print_help()
+        return 2
+    return int(args._run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
