@@ -169,7 +169,7 @@ def test_r_l0_matches_direct_gradient(model, data):
         logits = forward(model.params, model.config, tok, am, splice=splice).logits
         return jnp.sum(jnp.where(tm, centred_correct_logit(logits, tok), 0.0))
 
-    g = jax.grad(metric)(x_hat)
+    g = jax.jit(jax.grad(metric))(x_hat)
     y = np.asarray(f * (g @ sae.W_dec.T), np.float64)
     a = np.abs(y)
     valid = (a > 0).any(-1) & np.pad(np.asarray(tm), ((0, 0), (0, 1))) & np.asarray(mask)

@@ -8,13 +8,13 @@ ours or a released `params.npz`, on any site of a Gemma 2 model.
 
 Modules: `config` (EvalConfig), `data` (token rows from texts/arrays), `metrics` (pure metric
 pieces), `step` (the jitted per-batch program), `accumulate` (host-side running sums),
-`evaluate` (the loop and input checks), `report` (EvalReport, JSON), `plots` (PNGs), `cli`
+`suite` (`evaluate`: the loop and input checks), `report` (EvalReport, JSON), `plots` (PNGs), `cli`
 (`raysae eval` / `python -m raysae.evals`), `frontier` (Pareto frontier, owned by the sweep).
 """
 
 from raysae.evals.config import EvalConfig
 from raysae.evals.data import EvalTokens, tokens_from_array, tokens_from_texts
-from raysae.evals.evaluate import check_inputs, eval_tokens, evaluate, parse_sites
+from raysae.evals.suite import check_inputs, eval_tokens, evaluate, parse_sites
 from raysae.evals.metrics import r_l0_per_token
 from raysae.evals.report import EvalReport, read_report, write_report
 

@@ -76,7 +76,7 @@ def eval_config(args):
 
 def run(args) -> int:
     """Run `raysae eval` from parsed args; returns the exit code (errors print one line, code 2)."""
-    from raysae.evals.evaluate import check_inputs, evaluate, parse_sites
+    from raysae.evals.suite import check_inputs, evaluate, parse_sites
     from raysae.evals.inputs import iter_texts, load_sae, read_tokens
     from raysae.evals.report import write_report
     from raysae.lm.api import load_lm
