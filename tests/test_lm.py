@@ -234,3 +234,20 @@ def test_hf_tokenizer_prepends_bos_once():
     hf = HFTokenizer(t.to_str(), bos_id=2, eos_id=1, pad_id=0)
     assert hf.encode("hello world") == [2, 3, 4]
     assert hf.decode([2, 3, 4]) == "hello world" and hf.vocab_size == 6
+
+
+def test_query_blocked_attention_equals_one_block(model, monkeypatch):
+    import raysae.lm.model as lm_model
+
+    a, b = list(range(3, 20)), list(range(5, 30))
+    tok, am = pad_batch([[2] + a, [2] + b], CFG.pad_id)
+    sites = [f"{k}:{i}" for i in range(3) for k in ("attn", "res")]
+    whole = forward(model.params, CFG, jnp.asarray(tok), jnp.asarray(am), sites=sites)
+    # Blocks of 4 queries (window 3 on even layers): keys sliced per block must not change results.
+    monkeypatch.setattr(lm_model, "ATTN_BLOCK", 4)
+    blocked = forward(model.params, CFG, jnp.asarray(tok), jnp.asarray(am), sites=sites)
+    real = np.asarray(am)
+    np.testing.assert_allclose(np.asarray(blocked.logits)[real], np.asarray(whole.logits)[real], rtol=1e-5, atol=1e-5)
+    for s in whole.acts:
+        np.testing.assert_allclose(np.asarray(blocked.acts[s])[real], np.asarray(whole.acts[s])[real],
+                                   rtol=1e-5, atol=1e-5)

