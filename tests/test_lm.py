@@ -251,3 +251,17 @@ def test_query_blocked_attention_equals_one_block(model, monkeypatch):
     for s in whole.acts:
         np.testing.assert_allclose(np.asarray(blocked.acts[s])[real], np.asarray(whole.acts[s])[real],
                                    rtol=1e-5, atol=1e-5)
+
+
+def test_load_tokenizer_without_weights(model, tmp_path):
+    from raysae.lm import load_tokenizer
+    from tokenizers import Tokenizer, models
+
+    assert isinstance(load_tokenizer("tiny"), ByteTokenizer)
+    d = str(tmp_path / "ck")
+    save_checkpoint(d, model.params, CFG)
+    assert load_tokenizer(d) is None
+    t = Tokenizer(models.WordLevel({"<pad>": 0, "<eos>": 1, "<bos>": 2, "x": 3}, unk_token="x"))
+    (tmp_path / "ck" / "tokenizer.json").write_text(t.to_str())
+    tok = load_tokenizer(d)
+    assert isinstance(tok, HFTokenizer) and tok.encode("x") == [CFG.bos_id, 3]

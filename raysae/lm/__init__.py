@@ -10,7 +10,8 @@ Public API (everything else in raysae.lm is an implementation detail):
   presets ``GEMMA2_2B``, ``GEMMA2_9B``, ``GEMMA2_27B``.
 - ``load_lm(source, dtype="float32") -> LanguageModel``: ``"tiny"`` (embedded byte-level model,
   loads in well under a second) or a Hugging Face Gemma 2 checkpoint dir at any fsspec URL.
-  ``LanguageModel`` has ``config``, ``params``, ``tokenizer``, ``name``.
+  ``LanguageModel`` has ``config``, ``params``, ``tokenizer``, ``name``. ``load_tokenizer(source)``
+  gives just the tokenizer (no weights); ``DTYPES`` maps dtype names to jnp dtypes.
 - Tokenizers (``ByteTokenizer``, ``HFTokenizer``): ``encode(text)`` (BOS prepended),
   ``decode(ids)``, ``bos_id``, ``eos_id``, ``pad_id``, ``vocab_size``; ``pad_batch`` and
   ``encode_batch(model, texts, length)`` right-pad to [B, T] with an attention mask.
@@ -34,11 +35,13 @@ Public API (everything else in raysae.lm is an implementation detail):
 """
 
 from raysae.lm.api import (
+    DTYPES,
     TINY_DIR,
     LanguageModel,
     embed_tokens,
     encode_batch,
     load_lm,
+    load_tokenizer,
     loss_mask,
     site_activations,
     target_mask,
@@ -52,7 +55,7 @@ from raysae.lm.weights import CheckpointError, load_config, load_params, save_ch
 
 __all__ = [
     "SITE_KINDS", "Site", "LMConfig", "GEMMA2_2B", "GEMMA2_9B", "GEMMA2_27B", "PRESETS",
-    "LanguageModel", "load_lm", "site_activations", "token_losses", "token_losses_from", "loss_mask",
+    "LanguageModel", "load_lm", "load_tokenizer", "DTYPES", "site_activations", "token_losses", "token_losses_from", "loss_mask",
     "target_mask", "embed_tokens", "encode_batch", "forward", "forward_from", "embed", "ForwardOut",
     "next_token_losses", "init_params", "param_shapes", "ByteTokenizer", "HFTokenizer", "pad_batch",
     "CheckpointError", "load_config", "load_params", "save_checkpoint", "TINY_DIR",

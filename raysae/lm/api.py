@@ -26,7 +26,8 @@ from raysae.lm.weights import CheckpointError, load_config, load_params
 from raysae.storage import exists, join, read_bytes
 
 TINY_DIR = os.path.join(os.path.dirname(__file__), "tiny")
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+_DTYPES = DTYPES  # older name, kept for callers that already use it
 
 
 @dataclasses.dataclass(eq=False)
@@ -51,15 +52,24 @@ def load_lm(source: str, dtype: str = "float32") -> LanguageModel:
     if source == "tiny":
         _verify_tiny()
     config = load_config(url)
-    hf = json.loads(read_bytes(join(url, "config.json")))
     params = load_params(url, config, _DTYPES[dtype])
+    return LanguageModel(config, params, load_tokenizer(url, config), name)
+
+
+def load_tokenizer(source: str, config: LMConfig | None = None):
+    """The tokenizer of "tiny" or a checkpoint dir, without loading weights (None if it has none).
+
+    The embedded model's config.json names its byte tokenizer; real checkpoints carry
+    `tokenizer.json` (special ids from `config`, read from config.json when not given).
+    """
+    url = TINY_DIR if source == "tiny" else source
+    hf = json.loads(read_bytes(join(url, "config.json")))
     if "raysae_tokenizer" in hf:
-        tok = tokenizer_from_json(hf["raysae_tokenizer"])
-    elif exists(join(url, "tokenizer.json")):
-        tok = HFTokenizer.from_url(join(url, "tokenizer.json"), config.bos_id, config.eos_id, config.pad_id)
-    else:
-        tok = None
-    return LanguageModel(config, params, tok, name)
+        return tokenizer_from_json(hf["raysae_tokenizer"])
+    if exists(join(url, "tokenizer.json")):
+        config = config or LMConfig.from_hf(hf, where=join(url, "config.json"))
+        return HFTokenizer.from_url(join(url, "tokenizer.json"), config.bos_id, config.eos_id, config.pad_id)
+    return None
 
 
 def _verify_tiny() -> None:
@@ -186,5 +196,5 @@ def encode_batch(model: LanguageModel, texts: Iterable[str], length: int):
     return pad_batch([model.tokenizer.encode(t) for t in texts], model.config.pad_id, length)
 
 
-__all__ = ["LanguageModel", "load_lm", "loss_mask", "target_mask", "site_activations", "token_losses",
+__all__ = ["LanguageModel", "load_lm", "load_tokenizer", "DTYPES", "loss_mask", "target_mask", "site_activations", "token_losses",
            "token_losses_from", "embed_tokens", "encode_batch", "ByteTokenizer", "HFTokenizer", "TINY_DIR"]
