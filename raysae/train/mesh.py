@@ -123,7 +123,7 @@ def detect_profile(device=None, compute_dtype: str = "float32") -> DeviceProfile
     for key, (peak, h2d, mem) in _PROFILES.items():
         if key in kind:
             if compute_dtype == "float32":
-                peak = peak / _FP32_RATIO.get(key, 1.0)  # TPUs run fp32 matmuls in bf16 passes
+                peak = peak / _FP32_RATIO.get(key, 1.0)  # TPU: default precision is bf16 passes
             return DeviceProfile(peak, h2d, mem)
     # CPU "devices" share the host: transfer is a memcpy, memory is host RAM.
     return DeviceProfile(peak_flops=50e9, host_to_device=5e9, memory_bytes=8e9)
