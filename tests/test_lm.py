@@ -265,3 +265,28 @@ def test_load_tokenizer_without_weights(model, tmp_path):
     (tmp_path / "ck" / "tokenizer.json").write_text(t.to_str())
     tok = load_tokenizer(d)
     assert isinstance(tok, HFTokenizer) and tok.encode("x") == [CFG.bos_id, 3]
+
+
+def test_splice_params_are_traced_not_baked(model):
+    from raysae.lm.api import _losses_jit
+
+    tok = _tokens()
+    calls = []
+
+    def scale(p, x):  # stands in for an SAE: (params, acts) -> reconstruction
+        calls.append(1)  # runs only while tracing
+        return x * p["s"]
+
+    clean, _ = token_losses(model, tok)
+    same, _ = token_losses(model, tok, splice={"res:1": scale}, splice_params={"res:1": {"s": jnp.float32(1.0)}})
+    np.testing.assert_allclose(same, clean, rtol=1e-6)
+    n = len(calls)
+    half, _ = token_losses(model, tok, splice={"res:1": scale}, splice_params={Site(1, "res"): {"s": jnp.float32(0.5)}})
+    assert len(calls) == n  # new params, same function: no retrace
+    direct, _ = token_losses(model, tok, splice={"res:1": lambda x: 0.5 * x})
+    np.testing.assert_allclose(half, direct, rtol=1e-5, atol=1e-6)
+    res0 = site_activations(model, tok, ["res:0"])[Site(0, "res")]
+    part, _ = token_losses_from(model, 1, res0, tok, splice={"res:1": scale}, splice_params={"res:1": {"s": 0.5}})
+    np.testing.assert_allclose(part, direct, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="no function"):
+        token_losses(model, tok, splice={"res:1": scale}, splice_params={"res:2": {"s": 1.0}})

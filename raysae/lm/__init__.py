@@ -21,6 +21,8 @@ Public API (everything else in raysae.lm is an implementation detail):
   next-token cross-entropy (float32) and the bool mask of predictions that count (see
   ``target_mask``: target not BOS/pad, input not pad/EOS). ``splice`` = {Site: fn(acts)->acts};
   the key ``(Site(L, "mlp_in"), Site(L, "mlp"))`` replaces layer L's MLP by fn(mlp_in).
+  ``splice_params={key: pytree}`` calls fn(params, acts) with traced params: one compile for
+  many SAEs that share the function.
 - ``token_losses_from(model, layer, resid, tokens, ...)``: resume at block ``layer`` from the
   residual entering it (``res:layer-1``, or ``embed_tokens(model, tokens)`` for layer 0) so delta
   loss costs one partial forward.

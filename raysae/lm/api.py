@@ -110,21 +110,43 @@ def _freeze(splice: Mapping | None):
     return None if not splice else tuple(sorted(splice.items(), key=lambda kv: str(kv[0])))
 
 
+def _bind(splice, splice_params):
+    """Static (key, fn) pairs + traced {key: params} -> {key: x -> fn(params, x)} (or fn(x))."""
+    if not splice:
+        return None
+    if splice_params is None:
+        return dict(splice)
+    return {k: (functools.partial(f, splice_params[str(k)]) if str(k) in splice_params else f) for k, f in splice}
+
+
 @functools.partial(jax.jit, static_argnames=("config", "sites"))
 def _sites_jit(params, config, tokens, attention_mask, sites):
     return forward(params, config, tokens, attention_mask, sites=sites, compute_logits=False).acts
 
 
 @functools.partial(jax.jit, static_argnames=("config", "splice"))
-def _losses_jit(params, config, tokens, attention_mask, splice):
-    out = forward(params, config, tokens, attention_mask, splice=dict(splice) if splice else None)
+def _losses_jit(params, config, tokens, attention_mask, splice, splice_params=None):
+    out = forward(params, config, tokens, attention_mask, splice=_bind(splice, splice_params))
     return next_token_losses(out.logits, tokens)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "layer", "splice"))
-def _losses_from_jit(params, config, layer, resid, tokens, attention_mask, splice):
-    out = forward_from(params, config, layer, resid, attention_mask, splice=dict(splice) if splice else None)
+def _losses_from_jit(params, config, layer, resid, tokens, attention_mask, splice, splice_params=None):
+    out = forward_from(params, config, layer, resid, attention_mask, splice=_bind(splice, splice_params))
     return next_token_losses(out.logits, tokens)
+
+
+def _splice_args(splice, splice_params):
+    splice = {(_key(k)): v for k, v in (splice or {}).items()}
+    if splice_params is None:
+        return splice, None
+    sp = {}
+    for k, v in splice_params.items():
+        key = _key(k)
+        if key not in splice:
+            raise ValueError(f"splice_params has {k} but splice has no function for it")
+        sp[str(key)] = v
+    return splice, sp
 
 
 _embed_jit = jax.jit(embed, static_argnums=1)
@@ -146,30 +168,33 @@ def site_activations(model: LanguageModel, tokens, sites: Iterable, attention_ma
     return _sites_jit(model.params, model.config, tokens, attention_mask, sites)
 
 
-def token_losses(model: LanguageModel, tokens, attention_mask=None, splice: Mapping | None = None):
+def token_losses(model: LanguageModel, tokens, attention_mask=None, splice: Mapping | None = None,
+                 splice_params: Mapping | None = None):
     """(losses [B, T-1] float32, mask [B, T-1] bool): next-token cross-entropy, see `target_mask`.
 
     `splice` maps Site -> fn(acts [B, T, d]) -> replacement, e.g. an SAE's reconstruction; the
     key (Site(L, "mlp_in"), Site(L, "mlp")) splices a transcoder in place of layer L's MLP.
+    With `splice_params` ({same key: pytree}) the function is called as fn(params, acts) and the
+    params are traced, so evaluating many SAEs with one function object compiles once.
     """
     tokens, attention_mask = _prep(model, tokens, attention_mask)
-    splice = {(_key(k)): v for k, v in (splice or {}).items()}
-    losses = _losses_jit(model.params, model.config, tokens, attention_mask, _freeze(splice))
+    splice, sp = _splice_args(splice, splice_params)
+    losses = _losses_jit(model.params, model.config, tokens, attention_mask, _freeze(splice), sp)
     return losses, target_mask(tokens, model.config, attention_mask)
 
 
 def token_losses_from(model: LanguageModel, layer: int, resid, tokens, attention_mask=None,
-                      splice: Mapping | None = None):
+                      splice: Mapping | None = None, splice_params: Mapping | None = None):
     """Like `token_losses` but resuming at block `layer` from `resid` (the `res` site of layer-1,
     or `embed_tokens(model, tokens)` for layer 0): delta loss for one site costs one partial forward.
     """
     tokens, attention_mask = _prep(model, tokens, attention_mask)
-    splice = {(_key(k)): v for k, v in (splice or {}).items()}
+    splice, sp = _splice_args(splice, splice_params)
     for k in splice:
         first = k[0] if isinstance(k[0], Site) else k
         if first.layer < layer:
             raise ValueError(f"splice at {k} is before the resume layer {layer}")
-    losses = _losses_from_jit(model.params, model.config, layer, resid, tokens, attention_mask, _freeze(splice))
+    losses = _losses_from_jit(model.params, model.config, layer, resid, tokens, attention_mask, _freeze(splice), sp)
     return losses, target_mask(tokens, model.config, attention_mask)
 
 
