@@ -64,6 +64,7 @@ def per_position(report, url: str) -> str:
     for a in (a1, a2):
         a.grid(alpha=0.3)
     fig.suptitle(_title(report), fontsize=9)
+    fig.subplots_adjust(wspace=0.3)
     return _save(fig, url)
 
 
