@@ -18,6 +18,9 @@ Reports: every `train.log_every` steps the loop's metrics (loss, l0, fvu, dead f
 λ, ...) plus the stream's counters and the worker's pid; the last report adds the final
 evaluation (``eval/l0``, ``eval/fvu``, ``eval/mse``, ``eval/delta_loss``) and ``sae_url``,
 where the folded SAE was saved (Gemma Scope ``params.npz`` and a SAELens directory).
+The final metrics are also written to ``<sae_url>/result.json`` last; a trial that finds
+it at start (it finished just before a driver was killed, and Tune's experiment snapshot
+had not recorded that yet) reports it again instead of evaluating and saving twice.
 """
 
 from __future__ import annotations
@@ -35,8 +38,8 @@ from raysae.activations.shards import Manifest
 from raysae.config import from_dict
 from raysae.sweep.spec import SweepConfig, site_slug
 
-# TrainConfig fields a param_space may vary besides the sweep axes.
-AXES = ("site", "width", "sparsity_coefficient")
+AXES = ("site", "width", "sparsity_coefficient")  # the sweep's axes; other params are recipe fields
+RESULT_NAME = "result.json"  # the final metrics, beside the saved SAE
 
 
 def stream_name(config: SweepConfig, site: str) -> str:
@@ -99,6 +102,13 @@ def train_sae(params: dict, *, sweep: dict, manifests: dict[str, str]) -> None:
     manifest = Manifest.load(manifest_url)
     ctx = tune.get_context()
     trial_id = ctx.get_trial_id() or "local"
+    url = sae_url(config, params, trial_id)
+    done_url = storage.join(url, RESULT_NAME)
+    if storage.exists(done_url):
+        # Finished before a driver restart that Tune's state snapshot did not see yet:
+        # report the stored final result instead of evaluating and saving again.
+        tune.report(json.loads(storage.read_bytes(done_url)))
+        return
     local = tempfile.mkdtemp(prefix=f"raysae-{trial_id}-")
     opened: list = []
     state = {"last": {}, "pending": None, "restored_step": 0}
@@ -137,10 +147,11 @@ def train_sae(params: dict, *, sweep: dict, manifests: dict[str, str]) -> None:
         final["step"] = result.steps
         if config.final_eval.enabled:
             final.update(final_evaluation(config, site, manifest_url, result))
-        url = sae_url(config, params, trial_id)
         _save(config, site, manifest, result, url, tc)
         final["sae_url"] = url
         report(final, state.get("pending"))
+        # Written last: its presence means "this trial is complete" (see the top).
+        storage.write_bytes_atomic(done_url, json.dumps({**final, **base()}).encode())
     finally:
         for s in opened:
             if hasattr(s, "close"):
