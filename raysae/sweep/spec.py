@@ -150,6 +150,7 @@ class SweepConfig:
     widths: list[int] = dataclasses.field(default_factory=lambda: [16384])
     sparsity: SparsitySpec = dataclasses.field(default_factory=lambda: SparsitySpec(grid=[1e-3]))
     tokens: int | None = None      # per SAE; None: train.steps × train.batch_size
+    tokens_by_width: dict[int, int] = dataclasses.field(default_factory=dict)  # per-width budgets
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     data: DataSpec = dataclasses.field(default_factory=lambda: DataSpec(text="python-stdlib"))
     stream: StreamConfig = dataclasses.field(default_factory=StreamConfig)
@@ -182,12 +183,21 @@ class SweepConfig:
               f"must be at least one batch (train.batch_size={self.train.batch_size}), got {self.tokens}")
         check(self.stream.batch_size == self.train.batch_size, "stream.batch_size",
               f"must equal train.batch_size={self.train.batch_size}, got {self.stream.batch_size}")
+        for w, t in self.tokens_by_width.items():
+            check(w in self.widths, f"tokens_by_width.{w}", f"is not one of widths {self.widths}")
+            check(t >= self.train.batch_size, f"tokens_by_width.{w}",
+                  f"must be at least one batch (train.batch_size={self.train.batch_size}), got {t}")
         check(self.concurrency >= 0, "concurrency", f"must be >= 0, got {self.concurrency}")
 
     # --- derived ---------------------------------------------------------------------------
     @property
     def steps(self) -> int:
         return self.train.steps if self.tokens is None else self.tokens // self.train.batch_size
+
+    def steps_for(self, width: int) -> int:
+        """Optimiser steps for an SAE of `width` (Gemma Scope gives wider SAEs more tokens)."""
+        t = self.tokens_by_width.get(int(width))
+        return self.steps if t is None else t // self.train.batch_size
 
     @property
     def sweep_url(self) -> str:
@@ -196,8 +206,9 @@ class SweepConfig:
         return storage.join(self.storage, self.name)
 
     def trial_train_config(self, width: int, sparsity_coefficient: float) -> TrainConfig:
-        return dataclasses.replace(self.train, width=int(width), steps=self.steps,
-                                   sparsity_coefficient=float(sparsity_coefficient))
+        extra = {"model_parallel": self.resources.model_axis} if self.resources.model_axis > 1 else {}
+        return dataclasses.replace(self.train, width=int(width), steps=self.steps_for(width),
+                                   sparsity_coefficient=float(sparsity_coefficient), **extra)
 
     def num_trials(self) -> int:
         per = len(self.sparsity.grid) if self.sparsity.grid else self.sparsity.num_samples
