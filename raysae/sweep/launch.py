@@ -84,10 +84,8 @@ def _storage(config: SweepConfig) -> tuple[str, Any]:
 def _trainable(config: SweepConfig, manifests: dict[str, str]):
     fn = tune.with_parameters(train_sae, sweep=to_dict(config), manifests=manifests)
     r = config.resources
-    if r.distributed:
-        from raysae.sweep import jax_trainer  # the trial drives a JaxTrainer job
-
-        return jax_trainer.trial_trainable(config, manifests)
+    if r.distributed:  # the trial only drives a JaxTrainer job; its workers hold the devices
+        return tune.with_resources(fn, {"cpu": 1})
     return tune.with_resources(fn, {"cpu": r.cpus, "gpu": r.gpus})
 
 

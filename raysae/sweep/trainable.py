@@ -137,12 +137,18 @@ def train_sae(params: dict, *, sweep: dict, manifests: dict[str, str]) -> None:
             state["pending"] = url       # the final checkpoint rides on the final report
 
     try:
-        state["restored_step"] = _restore_checkpoint(local)
-        result = train(tc, _data(config, site, manifest_url, trial_id, opened), d=manifest.d,
-                       d_out=manifest.d if tc.transcoder else None,
-                       norm_scalar=manifest.norm_scalar, inputs_normalized=True,
-                       checkpoint_url=local, resume=True, on_metrics=on_metrics,
-                       on_checkpoint=on_checkpoint)
+        if config.resources.distributed:  # a JaxTrainer job inside this trial
+            from raysae.sweep.distributed import train_distributed
+
+            result = train_distributed(config, tc, site, manifest, manifest_url, trial_id, url,
+                                       stream_name(config, site))
+        else:
+            state["restored_step"] = _restore_checkpoint(local)
+            result = train(tc, _data(config, site, manifest_url, trial_id, opened), d=manifest.d,
+                           d_out=manifest.d if tc.transcoder else None,
+                           norm_scalar=manifest.norm_scalar, inputs_normalized=True,
+                           checkpoint_url=local, resume=True, on_metrics=on_metrics,
+                           on_checkpoint=on_checkpoint)
         final = dict(result.history[-1]) if result.history else dict(state["last"])
         final["step"] = result.steps
         if config.final_eval.enabled:
