@@ -116,6 +116,13 @@ def test_console_script_entry_point(sweep_yaml):
     assert p.returncode == 2
     assert p.stderr.strip().endswith("foo: unknown key (allowed: concurrency, data, eval, failure, "
                                      "final_eval, model, name, resources, seed, shared_stream, sites, "
-                                     "sparsity, storage, stream, tokens, train, widths)")
+                                     "sparsity, storage, stream, tokens, tokens_by_width, train, widths)")
     help_ = subprocess.run([sys.executable, "-m", "raysae.cli", "--help"], capture_output=True, text=True)
     assert "sweep" in help_.stdout and "cache" in help_.stdout and "eval" in help_.stdout
+
+
+@pytest.mark.parametrize("name", ["gemma2-2b-res12", "gemma2-9b-res20-ladder", "gemma2-2b-all-layers"])
+def test_gemma_presets_parse(name):
+    config = load_sweep(sweep_file(f"sweeps/{name}.yaml").replace("sweeps/sweeps", "sweeps"))
+    assert config.model.startswith("gs://") and config.data.text is not None
+    assert min(config.steps_for(w) * config.train.batch_size for w in config.widths) >= 4_000_000_000
