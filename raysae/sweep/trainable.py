@@ -11,8 +11,9 @@ the training loop writes its atomic checkpoint to a scratch directory on the wor
 `on_checkpoint` hands that directory to `tune.report(..., checkpoint=...)`, which persists
 it under the trial's directory in the sweep's storage. A restarted trial gets it back from
 `tune.get_checkpoint()`, lays it out as the loop's checkpoint layout and calls `train`
-with `resume=True`; the checkpoint's data position restarts the shared stream at the next
-batch, so a resumed trial sees exactly the batches an uninterrupted one would have.
+with `resume=True`; the stream position stored in the checkpoint restarts the shared stream
+at the next batch, so a resumed trial sees exactly the batches an uninterrupted one would
+have. A fresh trial joins the shared stream live (see `_data`).
 
 Reports: every `train.log_every` steps the loop's metrics (loss, l0, fvu, dead fraction,
 λ, ...) plus the stream's counters and the worker's pid; the last report adds the final
@@ -58,27 +59,41 @@ def sae_url(config: SweepConfig, params: dict, trial_id: str) -> str:
                         f"{trial_name(params).split('-', 1)[1]}-{trial_id}")
 
 
-def _restore_checkpoint(local: str) -> int:
-    """Lay Tune's checkpoint (if any) out under `local` as the loop expects; its step or 0."""
+def _restore_checkpoint(local: str) -> tuple[int, dict]:
+    """Lay Tune's checkpoint (if any) out under `local` as the loop expects.
+
+    Returns its step (0 if none) and its `extra` dict (holds the stream position)."""
     ckpt = tune.get_checkpoint()
     if ckpt is None:
-        return 0
+        return 0, {}
     with ckpt.as_directory() as d:
         meta = json.loads(open(os.path.join(d, "meta.json")).read())
         name = f"step-{int(meta['step']):09d}"
         shutil.copytree(d, os.path.join(local, name), dirs_exist_ok=True)
     with open(os.path.join(local, "latest"), "w") as f:
         f.write(name)
-    return int(meta["step"])
+    return int(meta["step"]), dict(meta.get("extra") or {})
 
 
-def _data(config: SweepConfig, site: str, manifest_url: str, consumer_id: str, opened: list):
-    """start -> iterator of (global index, normalised batch), shared or a private copy."""
+def _data(config: SweepConfig, site: str, manifest_url: str, consumer_id: str, opened: list,
+          resume_position: int | None = None):
+    """start -> iterator of (global index, normalised batch), shared or a private copy.
+
+    On the shared stream a fresh trial joins the live stream at the oldest batch still
+    buffered (like Gemma Scope's data server), rather than at batch 0: batches are i.i.d.
+    shuffled, and a trial that starts after the brokers have moved on would otherwise
+    rebuild every batch it missed from storage itself. A resumed trial continues at the
+    exact global index its checkpoint recorded (`resume_position`).
+    """
     from raysae.stream import BatchStream, LocalStream
 
     def open_at(start: int):
         if config.shared_stream:
-            s = BatchStream(stream_name(config, site), start_index=start, consumer_id=consumer_id)
+            if resume_position is not None:
+                first = resume_position
+            else:
+                first = None if start == 0 else start
+            s = BatchStream(stream_name(config, site), start_index=first, consumer_id=consumer_id)
         else:
             s = LocalStream(manifest_url, config.stream, start_index=start)
         opened.append(s)
@@ -143,12 +158,16 @@ def train_sae(params: dict, *, sweep: dict, manifests: dict[str, str]) -> None:
             result = train_distributed(config, tc, site, manifest, manifest_url, trial_id, url,
                                        stream_name(config, site))
         else:
-            state["restored_step"] = _restore_checkpoint(local)
-            result = train(tc, _data(config, site, manifest_url, trial_id, opened), d=manifest.d,
+            state["restored_step"], ckpt_extra = _restore_checkpoint(local)
+            data = _data(config, site, manifest_url, trial_id, opened,
+                         resume_position=ckpt_extra.get("stream_position"))
+            result = train(tc, data, d=manifest.d,
                            d_out=manifest.d if tc.transcoder else None,
                            norm_scalar=manifest.norm_scalar, inputs_normalized=True,
                            checkpoint_url=local, resume=True, on_metrics=on_metrics,
-                           on_checkpoint=on_checkpoint)
+                           on_checkpoint=on_checkpoint,
+                           checkpoint_extra=lambda: ({"stream_position": int(opened[-1].position)}
+                                                     if opened else {}))
         final = dict(result.history[-1]) if result.history else dict(state["last"])
         final["step"] = result.steps
         if config.final_eval.enabled:
