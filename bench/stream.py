@@ -85,8 +85,15 @@ def main() -> None:
     ap.add_argument("--buffer", type=int, default=16)
     ap.add_argument("--consumers", default="1,2,4,8")
     ap.add_argument("--brokers", type=int, default=1)
+    ap.add_argument("--object-store-gib", type=float, default=2.0)
+    ap.add_argument("--no-preallocate", action="store_true",
+                    help="don't pre-fault the object store (ray.put then pays page faults)")
     args = ap.parse_args()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # Pre-faulting plasma memory at start-up (Ray's preallocate_plasma_memory) makes ray.put a
+    # plain memcpy instead of a page-fault-bound copy: ~2x put throughput measured here.
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             object_store_memory=int(args.object_store_gib * 2**30),
+             _system_config={"preallocate_plasma_memory": not args.no_preallocate})
     ray.data.DataContext.get_current().enable_progress_bars = False
     url = tempfile.mkdtemp(prefix="raysae-bench-stream-")
     m, _ = write_synthetic_cache(url, [args.rows] * args.shards, d=args.d, norm_scalar=3.0)
