@@ -1,7 +1,7 @@
 """Behaviour of raysae.evals on the embedded tiny model: exact delta loss of an identity SAE, zero
 reconstruction = zero ablation, FVU of the mean predictor, L0 / firing counts / MSE / per-position
-curves against a direct numpy computation, r_L0 on hand-built attributions and against a direct
-gradient, transcoder pairs, batch-size invariance."""
+curves against a direct numpy computation, r_L0 on hand-built attributions and against a brute-force
+per-token gradient, transcoder pairs, batch-size invariance."""
 
 import glob
 import sysconfig
@@ -13,6 +13,7 @@ import pytest
 
 from raysae.evals import EvalConfig, evaluate, eval_tokens, r_l0_per_token
 from raysae.evals.metrics import centred_correct_logit
+from raysae.evals.step import token_attribution
 from raysae.lm import Site, forward, load_lm, loss_mask, site_activations, target_mask
 from raysae.sae.params import SAEParams
 
@@ -152,32 +153,50 @@ def test_r_l0_hand_built():
     assert 0.25 < float(r2[0]) < 0.35
 
 
-def test_r_l0_matches_direct_gradient(model, data):
+def test_r_l0_attribution_is_exact_per_token(model, texts):
+    # Short rows, one of them padded (pad queries mask their own diagonal key).
+    cfg = EvalConfig(num_sequences=3, context_length=16, batch_size=3, pack=False, progress=False, ablations=(),
+                     per_position=False, frequency=False)
+    data = eval_tokens(model, cfg, texts=texts[:2] + ["def f(): x"])
+    assert not data.attention_mask.all()
     d = model.config.d_model
     sae = random_sae(d, 2 * d, seed=3)
-    r = evaluate(sae, model, SITE, tokens=data, config=CFG).summary
-    # Direct: gradient of Σ_t centred correct logit w.r.t. the spliced reconstruction, per batch.
     tok, am = jnp.asarray(data.tokens), jnp.asarray(data.attention_mask)
+    y, counted = token_attribution(model.params, SAEParams(*map(jnp.asarray, sae)), tok, am, config=model.config,
+                                   in_site=SITE, out_site=SITE)
+
+    # Brute force: one gradient of L_t alone per position t, w.r.t. the spliced reconstruction.
     mask = loss_mask(tok, model.config, am)
     tm = target_mask(tok, model.config, am)
     z = jnp.asarray(site_numpy(model, data, SITE)[0], jnp.float32) @ sae.W_enc + sae.b_enc
     f = jnp.where(z > sae.threshold, z, 0.0)
     x_hat = f @ sae.W_dec + sae.b_dec
 
-    def metric(xh):
+    def per_token(xh):
         splice = {SITE: lambda a: jnp.where(mask[..., None], xh, a)}
         logits = forward(model.params, model.config, tok, am, splice=splice).logits
-        return jnp.sum(jnp.where(tm, centred_correct_logit(logits, tok), 0.0))
+        return jnp.where(tm, centred_correct_logit(logits, tok), 0.0)         # [B, T-1]
 
-    g = jax.jit(jax.grad(metric))(x_hat)
-    y = np.asarray(f * (g @ sae.W_dec.T), np.float64)
-    a = np.abs(y)
-    valid = (a > 0).any(-1) & np.pad(np.asarray(tm), ((0, 0), (0, 1))) & np.asarray(mask)
+    own = jax.jit(lambda t: jax.grad(lambda xh: per_token(xh)[:, t].sum())(x_hat)[:, t])
+    T = tok.shape[1]
+    g = np.stack([np.asarray(own(t)) for t in range(T - 1)] + [np.zeros((3, d), np.float32)], axis=1)
+    want = np.asarray(f) * (g @ np.asarray(sae.W_dec).T)
+    scale = np.abs(want).max()
+    assert scale > 0
+    np.testing.assert_allclose(np.asarray(y), want, rtol=1e-3, atol=1e-4 * scale)
+    np.testing.assert_array_equal(np.asarray(counted), np.asarray(mask) & np.pad(np.asarray(tm), ((0, 0), (0, 1))))
+    # One plain backward of Σ_t L_t (the old approximation) mixes in later tokens: the check can fail.
+    g_sum = np.asarray(jax.jit(jax.grad(lambda xh: per_token(xh).sum()))(x_hat))
+    assert np.abs(np.asarray(f) * (g_sum @ np.asarray(sae.W_dec).T) - want).max() > 0.05 * scale
+
+    # evaluate()'s r_L0 is the mean over counted tokens of r computed from the exact attributions.
+    r = evaluate(sae, model, SITE, tokens=data, config=cfg).summary
+    a = np.abs(want.astype(np.float64))
+    valid = (a > 0).any(-1) & np.asarray(counted)
     p = a[valid] / a[valid].sum(-1, keepdims=True)
     ent = -np.where(p > 0, p * np.log(np.where(p > 0, p, 1)), 0).sum(-1)
-    want = (np.exp(ent) / (a[valid] > 0).sum(-1)).mean()
-    assert r["r_l0_tokens"] == valid.sum()
-    assert r["r_l0"] == pytest.approx(want, rel=2e-3)
+    assert r["r_l0_tokens"] == valid.sum() > 20
+    assert r["r_l0"] == pytest.approx((np.exp(ent) / (a[valid] > 0).sum(-1)).mean(), rel=1e-3)
     assert 0 < r["r_l0"] < 1
 
 

@@ -253,6 +253,45 @@ def test_query_blocked_attention_equals_one_block(model, monkeypatch):
                                    rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("block", [None, 4])
+def test_diagonal_kv_grad_gives_each_position_its_own_gradient(model, monkeypatch, block):
+    import raysae.lm.model as lm_model
+
+    if block:  # blocks of 4 queries: diagonal offsets 0/4/8 (global) and 0/2/2 (window 3)
+        monkeypatch.setattr(lm_model, "ATTN_BLOCK", block)
+    tok = jnp.asarray(_tokens(b=2, t=10, seed=3))
+    site, sites = Site(0, "res"), (Site(1, "attn"), Site(2, "res"))
+
+    def run(delta, diag):
+        return forward(model.params, CFG, tok, sites=sites, splice={site: lambda a: a + delta},
+                       diagonal_kv_grad=diag)
+
+    def per_token(delta, diag):  # L_t: logit of the correct next token at t, [B, T-1]
+        logits = run(delta, diag).logits[:, :-1]
+        return jnp.take_along_axis(logits, tok[:, 1:, None], -1)[..., 0]
+
+    delta0 = jnp.zeros((2, 10, CFG.d_model))
+    # The flag changes the backward only: op by op, forward values are bit for bit the same...
+    on, off = run(delta0, True), run(delta0, False)
+    np.testing.assert_array_equal(np.asarray(on.logits), np.asarray(off.logits))
+    for s in sites:
+        np.testing.assert_array_equal(np.asarray(on.acts[s]), np.asarray(off.acts[s]))
+    # ...and jitted, up to how XLA happens to fuse the two programs.
+    on = jax.jit(run, static_argnums=1)(delta0, True)
+    np.testing.assert_allclose(np.asarray(on.logits), np.asarray(off.logits), rtol=1e-5, atol=1e-5)
+
+    # Brute force: one gradient of L_t alone per position, read at position t.
+    own = jax.jit(lambda t: jax.grad(lambda d: per_token(d, False)[:, t].sum())(delta0)[:, t])
+    want = np.stack([np.asarray(own(t)) for t in range(9)], axis=1)            # [B, 9, D]
+    total = {f: np.asarray(jax.jit(jax.grad(lambda d, f=f: per_token(d, f).sum()))(delta0)) for f in (True, False)}
+    scale = np.abs(want).max()
+    np.testing.assert_allclose(total[True][:, :9], want, rtol=1e-4, atol=1e-5 * scale)
+    assert np.all(total[True][:, 9] == 0)  # the last position predicts nothing
+    # Without the flag, later positions' logits leak into earlier positions' gradients.
+    leak = np.abs(total[False][:, :8] - want[:, :8]).max()
+    assert leak > 0.05 * scale
+
+
 def test_load_tokenizer_without_weights(model, tmp_path):
     from raysae.lm import load_tokenizer
     from tokenizers import Tokenizer, models

@@ -7,7 +7,9 @@
 - `centred_correct_logit`: App. C.3's metric, the logit of the correct next token minus the mean
   logit over the vocabulary.
 - `attribution` and `r_l0_per_token`: App. C.3's uniformity of active latent importance,
-  y = f ⊙ (W_dec ∇_x̂ L) and r_L0 = exp(S(p)) / ‖y‖₀ with p = |y| / ‖y‖₁.
+  y_t = f_t ⊙ (W_dec ∇_{x̂_t} L_t) and r_L0 = exp(S(p)) / ‖y_t‖₀ with p = |y_t| / ‖y_t‖₁, where L_t
+  is token t's own metric; the gradient must be the per-token one (`raysae.evals.step` gets it for
+  every token from one backward with the LM's `diagonal_kv_grad`).
 - `log10_frequency_histogram`: the paper's Fig. 5 (numpy, host side).
 """
 
@@ -39,7 +41,10 @@ def centred_correct_logit(logits: jax.Array, tokens: jax.Array) -> jax.Array:
 
 
 def attribution(f: jax.Array, grad_xhat: jax.Array, W_dec: jax.Array) -> jax.Array:
-    """y = f ⊙ (∇_x̂ L · W_decᵀ): each latent's linear effect on the metric, [..., M]."""
+    """y = f ⊙ (∇_x̂ L · W_decᵀ): each latent's linear effect on the metric, [..., M].
+
+    For App. C.3, `grad_xhat` at token t must be ∂L_t/∂x̂_t (its own metric only).
+    """
     return f * jnp.einsum("...d,md->...m", grad_xhat.astype(jnp.float32), W_dec.astype(jnp.float32))
 
 

@@ -7,6 +7,12 @@ one extra forward from the site on, not a second full forward. Clean and spliced
 same code from the same residual, so an SAE whose reconstruction equals its input gives a delta
 loss of exactly 0.
 
+r_L0 (Gemma Scope App. C.3) is exact: each token t gets y_t = f_t ⊙ (W_dec ∇_{x̂_t} L_t) with L_t
+its own centred correct logit, all from ONE backward of Σ_t L_t. A plain backward of that sum would
+give Σ_{t' ≥ t} ∂L_t'/∂x̂_t, later tokens reading x̂_t through attention keys and values; the
+r_L0 pass runs the LM with `diagonal_kv_grad` (keys/values pass gradient only to their own
+query, forward values unchanged), which removes exactly those cross terms (`token_attribution`).
+
 The SAE runs on raw activations (folded / released params, no pre-encoder bias) in float32 and
 replaces the site only at positions that count (not BOS, EOS or pad); elsewhere the original
 activations stay, as do the ablations. For a transcoder the site pair is (mlp_in:L, mlp:L): the
@@ -58,6 +64,66 @@ def _resid_entering(params, config: LMConfig, layer: int, tokens, attention_mask
     return forward(params, config, tokens, attention_mask, sites=(prev,), compute_logits=False).acts[prev]
 
 
+def _spliced(params, sae: SAEParams, config: LMConfig, in_site: Site, out_site: Site, resid, tokens,
+             attention_mask, target, delta, diagonal_kv_grad: bool = False):
+    """Forward from the site's layer with x̂ + delta spliced in where the site counts.
+
+    Returns (Σ_t L_t over counted predictions, (per-token losses [B, T-1], f, x̂)); `target`
+    (the clean MLP output) fills uncounted positions for a transcoder, else the site stays.
+    """
+    transcoder = in_site != out_site
+    keep = loss_mask(tokens, config, attention_mask)[..., None]
+    tmask = target_mask(tokens, config, attention_mask)
+    box = {}
+
+    def fn(a):
+        f = encode(sae, a.astype(jnp.float32))
+        x_hat = decode(sae, f)
+        box["f"], box["x_hat"] = f, x_hat
+        other = target if transcoder else a.astype(jnp.float32)
+        return jnp.where(keep, x_hat + delta, other)
+
+    key = (in_site, out_site) if transcoder else in_site
+    out = forward_from(params, config, in_site.layer, resid, attention_mask, splice={key: fn},
+                       diagonal_kv_grad=diagonal_kv_grad)
+    metric = jnp.sum(jnp.where(tmask, centred_correct_logit(out.logits, tokens), 0.0))
+    return metric, (next_token_losses(out.logits, tokens), box["f"], box["x_hat"])
+
+
+def _attribution(params, sae: SAEParams, config: LMConfig, in_site: Site, out_site: Site, resid, tokens,
+                 attention_mask, target):
+    """(y [B, T, M], counted [B, T]): y_t = f_t ⊙ (W_dec ∇_{x̂_t} L_t), exact per token.
+
+    One backward of Σ_t L_t with `diagonal_kv_grad` (see the module docstring). A pass of its
+    own: differentiating the loss pass would let XLA fuse it differently from the clean pass, and
+    an exact reconstruction would no longer give delta loss 0. `counted`: the site counts and
+    the position has a next token to predict (a metric of its own).
+    """
+    delta0 = jnp.zeros(resid.shape[:2] + (sae.W_dec.shape[1],), jnp.float32)
+    grad, (_, f, _) = jax.grad(
+        lambda d: _spliced(params, sae, config, in_site, out_site, resid, tokens, attention_mask, target, d,
+                           diagonal_kv_grad=True), has_aux=True)(delta0)
+    counted = loss_mask(tokens, config, attention_mask) & jnp.pad(
+        target_mask(tokens, config, attention_mask), ((0, 0), (0, 1)))
+    return attribution(f, grad, sae.W_dec), counted
+
+
+@functools.partial(jax.jit, static_argnames=("config", "in_site", "out_site"))
+def token_attribution(params, sae: SAEParams, tokens, attention_mask, *, config: LMConfig, in_site: Site,
+                      out_site: Site):
+    """App. C.3's per-token attribution on one batch: (y [B, T, M], counted [B, T]).
+
+    y[b, t] = f_t ⊙ (W_dec ∇_{x̂_t} L_t) (zero where the site does not count); `counted` says
+    which positions enter r_L0. `batch_stats` computes the same inside its program.
+    """
+    resid = _resid_entering(params, config, in_site.layer, tokens, attention_mask)
+    target = None
+    if in_site != out_site:
+        target = forward_from(params, config, in_site.layer, resid, attention_mask, sites=(out_site,),
+                              compute_logits=False).acts[out_site].astype(jnp.float32)
+    return _attribution(params, sae, config, in_site, out_site, resid, tokens, attention_mask, target)
+
+
 @functools.partial(jax.jit, static_argnames=("config", "in_site", "out_site", "ablations", "want_r_l0",
                                              "per_position"))
 def batch_stats(params, sae: SAEParams, site_mean, tokens, attention_mask, *, config: LMConfig,
@@ -68,7 +134,6 @@ def batch_stats(params, sae: SAEParams, site_mean, tokens, attention_mask, *, co
     `site_mean` [d_out] is the eval set's mean at `out_site` (used by the "mean" ablation only).
     """
     layer = in_site.layer
-    transcoder = in_site != out_site
     mask = loss_mask(tokens, config, attention_mask)              # [B, T]
     tmask = target_mask(tokens, config, attention_mask)           # [B, T-1]
     keep = mask[..., None]
@@ -78,32 +143,13 @@ def batch_stats(params, sae: SAEParams, site_mean, tokens, attention_mask, *, co
     target = clean.acts[out_site].astype(jnp.float32)
     losses = {"clean": next_token_losses(clean.logits, tokens)}
 
-    key = (in_site, out_site) if transcoder else in_site
-
-    def spliced(delta):
-        box = {}
-
-        def fn(a):
-            f = encode(sae, a.astype(jnp.float32))
-            x_hat = decode(sae, f)
-            box["f"], box["x_hat"] = f, x_hat
-            other = target if transcoder else a.astype(jnp.float32)
-            return jnp.where(keep, x_hat + delta, other)
-
-        out = forward_from(params, config, layer, resid, attention_mask, splice={key: fn})
-        metric = jnp.sum(jnp.where(tmask, centred_correct_logit(out.logits, tokens), 0.0))
-        return metric, (next_token_losses(out.logits, tokens), box["f"], box["x_hat"])
-
     delta0 = jnp.zeros(target.shape, jnp.float32)
-    _, (losses["spliced"], f, x_hat) = spliced(delta0)
+    _, (losses["spliced"], f, x_hat) = _spliced(params, sae, config, in_site, out_site, resid, tokens,
+                                                attention_mask, target, delta0)
     if want_r_l0:
-        # ∇ of Σ_t metric_t w.r.t. the spliced reconstruction: one backward for the whole batch.
-        # A pass of its own: differentiating the loss pass above would let XLA fuse it differently
-        # from the clean pass, and an exact reconstruction would no longer give delta loss 0.
-        grad = jax.grad(lambda d: spliced(d)[0])(delta0)
-        r, valid = r_l0_per_token(attribution(f, grad, sae.W_dec))
-        # Only positions with a next token to predict have a metric of their own.
-        valid = valid & jnp.pad(tmask, ((0, 0), (0, 1))) & mask
+        y, counted = _attribution(params, sae, config, in_site, out_site, resid, tokens, attention_mask, target)
+        r, valid = r_l0_per_token(y)
+        valid = valid & counted
         sum_r, n_r = jnp.sum(jnp.where(valid, r, 0.0)), jnp.sum(valid)
     else:
         sum_r, n_r = jnp.zeros((), jnp.float32), jnp.zeros((), jnp.int32)

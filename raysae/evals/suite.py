@@ -9,6 +9,10 @@ the site's, token ids fit the vocabulary. The loop streams batches (only sums ar
 `accumulate`), so memory is one batch of activations whatever the eval set size. Pointing the
 same SAE at another checkpoint (e.g. a base-model SAE on the instruction-tuned model) is the
 transfer eval: pass that model.
+
+r_L0 (App. C.3) is exact: token t's attribution uses ∂L_t/∂x̂_t of its own centred correct logit
+only, not the gradient of the batch's summed metric (which would add later tokens' gradients
+through attention); one extra forward and backward per batch, see `raysae.evals.step`.
 """
 
 from __future__ import annotations

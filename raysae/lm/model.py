@@ -13,8 +13,16 @@ load without transposes:
    o_proj, post_attention_layernorm, pre_feedforward_layernorm, gate_proj, up_proj, down_proj,
    post_feedforward_layernorm}, ... ]}
 Layers are a Python list (an unrolled loop) so a forward can stop after the last site needed and
-splice arbitrary functions at any site. Everything here is jittable with `config`, `sites` and
-`splice` static (see `raysae.lm.api` for jitted wrappers).
+splice arbitrary functions at any site. Everything here is jittable with `config`, `sites`,
+`splice` and `diagonal_kv_grad` static (see `raysae.lm.api` for jitted wrappers).
+
+`diagonal_kv_grad=True` changes only the backward pass: every attention the forward runs lets
+gradient reach a position's key and value only from that position's own query (query i sees
+stop_gradient(k_j), stop_gradient(v_j) for j != i, the live k_i, v_i on the diagonal). Values are
+unchanged, but a position's residual stream then influences, in the backward, only its own later
+stream, so one backward of Σ_t L_t gives ∂L_s/∂x_s at every position s at once (a causal model's
+L_s never depends on x_s through another position: keys before s do not see x_s). This is what
+Gemma Scope App. C.3's per-token attribution needs (see `raysae.evals.step`).
 """
 
 from __future__ import annotations
@@ -111,23 +119,44 @@ def _block_mask(attention_mask: jax.Array, q0: int, q1: int, k0: int, k1: int, w
     return ok[None, None, None] & attention_mask[:, None, None, None, k0:k1]
 
 
-def _attend_block(q, k, v, mask, config: LMConfig):
-    """Grouped-query attention without repeating K/V. q [B,Tq,K,G,hd], k/v [B,Tk,K,hd]."""
-    # Logits in float32 (HF eager scales after the q.k product; same order here).
-    s = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+def _attend_block(q, k, v, mask, config: LMConfig, diag: int | None = None):
+    """Grouped-query attention without repeating K/V. q [B,Tq,K,G,hd], k/v [B,Tk,K,hd].
+
+    `diag` (for `diagonal_kv_grad`): query t's own key is key t + diag; K/V then pass gradient
+    only on that diagonal, with the same forward values.
+    """
+    if diag is None:
+        # Logits in float32 (HF eager scales after the q.k product; same order here).
+        s = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    else:
+        tq, tk = q.shape[1], k.shape[1]
+        kd = k[:, diag:diag + tq]
+        s = jnp.einsum("btkgd,bskd->bkgts", q, jax.lax.stop_gradient(k), preferred_element_type=jnp.float32)
+        # q_i . (k_i - sg(k_i)) is 0 in value but carries ∂s_ii/∂k_i = q_i; a [Tq, Tk] select, no
+        # second matmul. ∂s/∂q_i stays sg(k_j) + (k_i - sg(k_i)) = k_j in value.
+        c = jnp.einsum("btkgd,btkd->bkgt", q, kd - jax.lax.stop_gradient(kd), preferred_element_type=jnp.float32)
+        on_diag = jnp.arange(tk)[None, :] == jnp.arange(tq)[:, None] + diag
+        s = s + jnp.where(on_diag, c[..., None], 0.0)
     s = s * (config.query_pre_attn_scalar ** -0.5)
     if config.attn_softcap is not None:
         s = jnp.tanh(s / config.attn_softcap) * config.attn_softcap
     s = jnp.where(mask, s, jnp.finfo(jnp.float32).min)
     p = jax.nn.softmax(s, axis=-1).astype(v.dtype)
-    return jnp.einsum("bkgts,bskd->btkgd", p, v)
+    if diag is None:
+        return jnp.einsum("bkgts,bskd->btkgd", p, v)
+    # Σ_j p_ij sg(v_j) + p_ii (v_i - sg(v_i)): the same value, ∂/∂v only from p_ii.
+    vd = v[:, diag:diag + q.shape[1]]
+    p_ii = jnp.diagonal(p, offset=diag, axis1=-2, axis2=-1)                     # [B, K, G, Tq]
+    return (jnp.einsum("bkgts,bskd->btkgd", p, jax.lax.stop_gradient(v))
+            + jnp.einsum("bkgt,btkd->btkgd", p_ii, vd - jax.lax.stop_gradient(vd)))
 
 
-def attention(q, k, v, attention_mask, config: LMConfig, window: int | None, block: int | None = None):
+def attention(q, k, v, attention_mask, config: LMConfig, window: int | None, block: int | None = None,
+              diagonal_kv_grad: bool = False):
     """Causal GQA over q [B,T,H,hd], k/v [B,T,K,hd] -> [B, T, H*hd], in query blocks.
 
     A query row whose visible keys are all padding (only possible at padding positions) gets
-    an unspecified value; real positions are exact.
+    an unspecified value; real positions are exact. `diagonal_kv_grad`: see the module docstring.
     """
     b, t, h, hd = q.shape
     kv = config.n_kv_heads
@@ -138,7 +167,8 @@ def attention(q, k, v, attention_mask, config: LMConfig, window: int | None, blo
         q1 = min(q0 + block, t)
         k0 = 0 if window is None else max(0, q0 - window + 1)
         mask = _block_mask(attention_mask, q0, q1, k0, q1, window)
-        outs.append(_attend_block(q[:, q0:q1], k[:, k0:q1], v[:, k0:q1], mask, config))
+        outs.append(_attend_block(q[:, q0:q1], k[:, k0:q1], v[:, k0:q1], mask, config,
+                                  q0 - k0 if diagonal_kv_grad else None))
     z = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=1)
     return z.reshape(b, t, h * hd)
 
@@ -160,7 +190,8 @@ def _splice(site: Site, x, splice: Mapping | None):
 
 
 def block(lp: dict, config: LMConfig, layer: int, x: jax.Array, positions: jax.Array,
-          attention_mask: jax.Array, want: frozenset, splice: Mapping | None, acts: dict) -> jax.Array:
+          attention_mask: jax.Array, want: frozenset, splice: Mapping | None, acts: dict,
+          diagonal_kv_grad: bool = False) -> jax.Array:
     """One decoder block; records wanted sites into `acts` and applies splices."""
     c = config
     b, t, _ = x.shape
@@ -169,7 +200,8 @@ def block(lp: dict, config: LMConfig, layer: int, x: jax.Array, positions: jax.A
     k = _linear(h, lp["k_proj"]).reshape(b, t, c.n_kv_heads, c.head_dim)
     v = _linear(h, lp["v_proj"]).reshape(b, t, c.n_kv_heads, c.head_dim)
     q, k = rope(q, positions, c.rope_theta), rope(k, positions, c.rope_theta)
-    z = attention(q, k, v, attention_mask, c, c.sliding_window if c.is_sliding(layer) else None)
+    z = attention(q, k, v, attention_mask, c, c.sliding_window if c.is_sliding(layer) else None,
+                  diagonal_kv_grad=diagonal_kv_grad)
     site = Site(layer, "attn")
     z = _splice(site, z, splice)
     if site in want:
@@ -220,12 +252,14 @@ def _layers_needed(config, sites, splice, compute_logits, start):
 def forward_from(params: Params, config: LMConfig, layer: int, resid: jax.Array,
                  attention_mask: jax.Array | None = None, *, sites: Iterable[Site] = (),
                  splice: Mapping | None = None, compute_logits: bool = True,
-                 positions: jax.Array | None = None) -> ForwardOut:
+                 positions: jax.Array | None = None, diagonal_kv_grad: bool = False) -> ForwardOut:
     """Run blocks `layer`.. given `resid`, the residual entering block `layer` ([B, T, D]).
 
     `resid` for layer L is the `res` site of layer L-1 (or `embed(...)` for L = 0), so delta loss
     at a site of layer L costs one partial forward from L. Stops after the last site in `sites`
-    when `compute_logits` is False.
+    when `compute_logits` is False. `diagonal_kv_grad` (backward only, see the module docstring)
+    applies to every attention run here; a site of layer L comes after block L's attention, so
+    for gradients w.r.t. a site that is exactly "every attention after the site".
     """
     sites = [Site.check(Site.parse(s), config.n_layers) for s in sites]
     for s in sites:
@@ -242,22 +276,23 @@ def forward_from(params: Params, config: LMConfig, layer: int, resid: jax.Array,
     x = resid
     stop = _layers_needed(config, sites, splice, compute_logits, layer)
     for i in range(layer, stop):
-        x = block(params["layers"][i], config, i, x, positions, attention_mask, want, splice, acts)
+        x = block(params["layers"][i], config, i, x, positions, attention_mask, want, splice, acts,
+                  diagonal_kv_grad)
     logits = unembed(params, config, x) if compute_logits else None
     return ForwardOut(logits, acts, x)
 
 
 def forward(params: Params, config: LMConfig, tokens: jax.Array, attention_mask: jax.Array | None = None,
             *, sites: Iterable[Site] = (), splice: Mapping | None = None, compute_logits: bool = True,
-            positions: jax.Array | None = None) -> ForwardOut:
-    """Full forward from int32 tokens [B, T]. Pure and jittable (config/sites/splice static).
+            positions: jax.Array | None = None, diagonal_kv_grad: bool = False) -> ForwardOut:
+    """Full forward from int32 tokens [B, T]. Pure and jittable (config/sites/splice/diagonal_kv_grad static).
 
     Positions default to 0..T-1 for every row (pad on the right); pass `positions` for
     left-padded batches.
     """
     x = embed(params, config, tokens)
     return forward_from(params, config, 0, x, attention_mask, sites=sites, splice=splice,
-                        compute_logits=compute_logits, positions=positions)
+                        compute_logits=compute_logits, positions=positions, diagonal_kv_grad=diagonal_kv_grad)
 
 
 def next_token_losses(logits: jax.Array, tokens: jax.Array) -> jax.Array:
