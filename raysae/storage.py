@@ -23,6 +23,22 @@ def fs_and_path(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
     return fs, path
 
 
+def is_local(url: str) -> bool:
+    """True for a plain path or a file:// URL."""
+    return "://" not in url or url.startswith("file://")
+
+
+def absolute(url: str) -> str:
+    """`url` with a relative local path made absolute (other URLs unchanged).
+
+    Ray workers (Tune trials, Data tasks) run in their own working directories, so any local
+    path handed to them must not depend on the driver's cwd.
+    """
+    if "://" in url:
+        return url
+    return os.path.abspath(os.path.expanduser(url))
+
+
 def join(url: str, *parts: str) -> str:
     """Join URL path components with '/' (works for local paths and scheme://)."""
     out = url.rstrip("/")

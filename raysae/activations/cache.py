@@ -188,6 +188,12 @@ def _still_there(url: str, info: ShardInfo) -> bool:
 def build_cache(config: CacheConfig, overwrite: bool = False) -> CacheSummary:
     """`cache_activations` with the run's numbers (`CacheSummary`)."""
     t_start = time.perf_counter()
+    # Ray Data actors write shards from their own working directories: no relative paths.
+    config = dataclasses.replace(
+        config, output=storage.absolute(config.output),
+        inputs=[i if i == "python-stdlib" else storage.absolute(i) for i in config.inputs],
+        model=config.model if config.model == "tiny" or config.model.startswith("random:")
+        else storage.absolute(config.model))
     lm = lmsource.lm_config(config)
     dims = _site_dims(config, lm)
     files = sources.resolve_inputs(config)

@@ -110,6 +110,7 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, param_space_extra: d
               search_alg=None, scheduler=None, callbacks: Sequence = (),
               verbose: int = 1) -> SweepResult:
     """Run (or with `resume`, finish) the sweep; see the module docstring."""
+    config = config.resolved()  # trials run in their own directories: no relative paths
     validate(config)  # before any Ray work: a bad file fails in one line
     sweep_url = config.sweep_url
     storage_path, storage_fs = _storage(config)

@@ -210,6 +210,21 @@ class SweepConfig:
         return dataclasses.replace(self.train, width=int(width), steps=self.steps_for(width),
                                    sparsity_coefficient=float(sparsity_coefficient), **extra)
 
+    def resolved(self) -> "SweepConfig":
+        """A copy with relative local paths made absolute (trials run in other directories)."""
+        from raysae import storage
+
+        def fix(url: str | None) -> str | None:
+            return url if url is None or url == "python-stdlib" else storage.absolute(url)
+
+        model = self.model if self.model == "tiny" or self.model.startswith("random:") \
+            else storage.absolute(self.model)
+        data = dataclasses.replace(self.data, manifest=fix(self.data.manifest),
+                                   text=fix(self.data.text), cache_url=fix(self.data.cache_url))
+        final_eval = dataclasses.replace(self.final_eval, text=fix(self.final_eval.text))
+        return dataclasses.replace(self, storage=storage.absolute(self.storage), model=model,
+                                   data=data, final_eval=final_eval)
+
     def num_trials(self) -> int:
         per = len(self.sparsity.grid) if self.sparsity.grid else self.sparsity.num_samples
         return len(self.sites) * len(self.widths) * per
