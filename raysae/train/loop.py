@@ -117,6 +117,14 @@ def train(config: TrainConfig, data: DataSource, *, d: int | None = None,
             if on_metrics:
                 on_metrics(step, row)
 
+    def checkpoint(state: TrainState, step: int, consumed: int) -> None:
+        url = save_checkpoint(checkpoint_url, state, config=config, norm_scalar=norm_scalar,
+                              d=d, d_out=d_out, data_position=consumed,
+                              extra=checkpoint_extra() if checkpoint_extra else None,
+                              write=write_checkpoints)
+        if on_checkpoint:
+            on_checkpoint(url, step)
+
     step = step0 = int(state.step) if state is not None else 0
     metrics = None
     while step < config.steps:
@@ -148,12 +156,7 @@ def train(config: TrainConfig, data: DataSource, *, d: int | None = None,
         # newest checkpoint.
         if checkpoint_url and (step % config.checkpoint_every == 0):
             sync(state, None, step)
-            url = save_checkpoint(checkpoint_url, state, config=config, norm_scalar=norm_scalar,
-                                  d=d, d_out=d_out, data_position=consumed,
-                                  extra=checkpoint_extra() if checkpoint_extra else None,
-                                  write=write_checkpoints)
-            if on_checkpoint:
-                on_checkpoint(url, step)
+            checkpoint(state, step, consumed)
         if step % config.log_every == 0 or step == config.steps:
             sync(state, metrics, step)
     if state is None:
@@ -164,12 +167,7 @@ def train(config: TrainConfig, data: DataSource, *, d: int | None = None,
     else:
         sync(state, None, step)
     if checkpoint_url and step % config.checkpoint_every != 0 and step > 0:
-        url = save_checkpoint(checkpoint_url, state, config=config, norm_scalar=norm_scalar,
-                              d=d, d_out=d_out, data_position=consumed,
-                              extra=checkpoint_extra() if checkpoint_extra else None,
-                              write=write_checkpoints)
-        if on_checkpoint:
-            on_checkpoint(url, step)
+        checkpoint(state, step, consumed)
     # _host gathers arrays sharded across processes (every process must get here).
     params = jax.tree.map(_host, state.params)
     return TrainResult(params=params,
