@@ -56,6 +56,7 @@ def run_cli(capsys, *args):
     ("stream.batch_size=128", "stream.batch_size: must equal train.batch_size=256"),
     ("widths=[]", "widths"),
     ("resources.tpu_topology=2x2", "resources.tpu_topology"),
+    ("storage=memory://runs", "storage: memory://runs is process-local"),
 ])
 def test_bad_config_is_one_line_naming_the_field(capsys, sweep_yaml, override, field):
     code, out, err = run_cli(capsys, sweep_yaml, "--set", override)

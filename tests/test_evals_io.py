@@ -61,6 +61,9 @@ def test_packed_and_unpacked_rows():
     arr = tokens_from_array(np.array([[5, 6, 7], [8, 9, 0]]), 5, 10, bos_id=2, pad_id=0)
     np.testing.assert_array_equal(arr.tokens, [[2, 5, 6, 7, 0], [2, 8, 9, 0, 0]])
     np.testing.assert_array_equal(arr.attention_mask[1], [True, True, True, False, False])
+    # Rows that already start with BOS keep a single one (no double BOS in a mixed array).
+    mixed = tokens_from_array(np.array([[2, 10, 11, 12], [20, 21, 22, 23]]), 5, 10, bos_id=2, pad_id=0)
+    np.testing.assert_array_equal(mixed.tokens, [[2, 10, 11, 12, 0], [2, 20, 21, 22, 23]])
     s = tokens_from_array(np.arange(3, 10), 4, 10, bos_id=2, pad_id=0)
     np.testing.assert_array_equal(s.tokens, [[2, 3, 4, 5], [2, 6, 7, 8], [2, 9, 0, 0]])
     # Batches have one shape; filler rows are fully masked.

@@ -137,3 +137,25 @@ def test_malformed_saelens_errors(tmp_path):
     cfg_path.write_text(json.dumps(dict(cfg, d_sae=99)))
     with pytest.raises(SAEFormatError, match=r"cfg\.json.*'d_sae'"):
         load_saelens(str(tmp_path / "sl"))
+
+
+def test_saelens_site_sets_transformer_lens_hook(tmp_path):
+    p = trained_like()
+    save_saelens(p, str(tmp_path / "res"), site="res:12")
+    cfg = json.loads((tmp_path / "res" / "cfg.json").read_text())
+    assert cfg["meta"]["hook_name"] == "blocks.12.hook_resid_post" and cfg["meta"]["hook_layer"] == 12
+    assert cfg["reshape_activations"] == "none"
+    save_saelens(p, str(tmp_path / "attn"), site="attn:3")
+    cfg = json.loads((tmp_path / "attn" / "cfg.json").read_text())
+    assert cfg["meta"]["hook_name"] == "blocks.3.attn.hook_z" and cfg["reshape_activations"] == "hook_z"
+    with pytest.raises(ValueError, match="site 'bogus:1'"):
+        save_saelens(p, str(tmp_path / "bad"), site="bogus:1")
+
+
+def test_saelens_with_runtime_normalisation_is_refused(tmp_path):
+    save_saelens(trained_like(), str(tmp_path / "sl"))
+    cfg_path = tmp_path / "sl" / "cfg.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg_path.write_text(json.dumps(dict(cfg, normalize_activations="layer_norm")))
+    with pytest.raises(SAEFormatError, match=r"cfg\.json.*'normalize_activations'.*'layer_norm'"):
+        load_saelens(str(tmp_path / "sl"))

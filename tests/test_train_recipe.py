@@ -96,3 +96,26 @@ def test_config_errors_name_the_field():
     with pytest.raises(ConfigError, match="compute_dtype"):
         from_dict(TrainConfig, {"compute_dtype": "float16"})
     assert from_dict(TrainConfig, {"lr": "3e-4"}).lr == 3e-4
+
+
+def test_dead_fraction_counts_latents_idle_for_the_window():
+    # θ huge: nothing ever fires, so every latent is dead exactly once the window has passed.
+    cfg = TrainConfig(width=8, steps=10, batch_size=16, lr=1e-9, lr_warmup_steps=0,
+                      threshold_init=1e6, dead_window_steps=3)
+    state = init_state(cfg, 4)
+    step = jit_train_step(cfg)
+    x = jnp.ones((16, 4), jnp.float32)
+    fractions = []
+    for _ in range(4):
+        state, m = step(state, x)
+        fractions.append(float(m.dead_fraction))
+    assert fractions == [0.0, 0.0, 1.0, 1.0]  # after 3 updates without firing: dead
+    # θ tiny and positive inputs: every latent fires every step, none is ever dead.
+    cfg2 = TrainConfig(width=8, steps=10, batch_size=16, lr=1e-9, lr_warmup_steps=0,
+                       threshold_init=1e-6, dead_window_steps=1)
+    state = init_state(cfg2, 4, params=init_state(cfg2, 4).params._replace(
+        W_enc=jnp.ones((4, 8)), W_dec=jnp.ones((8, 4)) / 2.0))
+    step2 = jit_train_step(cfg2)
+    for _ in range(3):
+        state, m = step2(state, x)
+    assert float(m.dead_fraction) == 0.0

@@ -103,9 +103,12 @@ def tokens_from_array(tokens, context_length: int, num_sequences: int, *, bos_id
     arr = arr[:num_sequences].astype(np.int32)
     if arr.shape[0] == 0:
         raise ValueError("token array has no rows")
-    if not (arr[:, 0] == bos_id).all():  # Gemma (and the SAEs) always saw BOS first
-        arr = np.concatenate([np.full((arr.shape[0], 1), bos_id, np.int32), arr], axis=1)
-    arr = arr[:, :context_length]
+    # Gemma (and the SAEs) always saw BOS first: prepend it to the rows that lack it, and
+    # only to those (a second BOS would change the context and the losses).
     out = np.full((arr.shape[0], context_length), pad_id, np.int32)
-    out[:, :arr.shape[1]] = arr
+    for i, row in enumerate(arr):
+        if row[0] != bos_id:
+            row = np.concatenate([[bos_id], row]).astype(np.int32)
+        row = row[:context_length]
+        out[i, :len(row)] = row
     return EvalTokens(out, out != pad_id)

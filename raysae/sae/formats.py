@@ -4,7 +4,7 @@
   threshold [M], float32, in raw activation space (i.e. folded; see `fold`). Read with
   `allow_pickle=False`, so a pickled object in the file is an error, not code execution.
 - SAELens (v6 layout): a directory with `cfg.json` (architecture "jumprelu", d_in, d_sae,
-  dtype, apply_b_dec_to_input, normalize_activations, metadata) and
+  dtype, apply_b_dec_to_input, normalize_activations, `meta` with the TransformerLens hook) and
   `sae_weights.safetensors` with the same five tensors, loadable by `sae_lens.SAE.load_from_disk`.
 
 All paths are fsspec URLs. Malformed files raise `SAEFormatError` naming the file and key.
@@ -92,10 +92,36 @@ def load_npz(url: str) -> SAEParams:
     return validate_arrays(arrays, url)
 
 
+# raysae site kind -> the TransformerLens hook SAELens attaches an SAE to on Gemma 2.
+TL_HOOKS = {
+    "res": "blocks.{layer}.hook_resid_post",
+    "mlp": "blocks.{layer}.hook_mlp_out",
+    "attn": "blocks.{layer}.attn.hook_z",          # [.., heads, d_head]: SAELens reshapes
+    "mlp_in": "blocks.{layer}.ln2.hook_normalized",
+}
+
+
+def transformer_lens_hook(site: str) -> tuple[str, int]:
+    """("blocks.12.hook_resid_post", 12) for the raysae site "res:12"."""
+    kind, _, layer = site.partition(":")
+    if kind not in TL_HOOKS or not layer.isdigit():
+        raise ValueError(f"site {site!r}: expected kind:layer with kind in {sorted(TL_HOOKS)}")
+    return TL_HOOKS[kind].format(layer=int(layer)), int(layer)
+
+
 def saelens_config(params: SAEParams, *, model_name: str | None = None,
                    hook_name: str | None = None, hook_layer: int | None = None,
-                   context_size: int | None = None, extra: dict | None = None) -> dict:
-    """cfg.json for a folded JumpReLU SAE (raw activation space, b_dec not applied to input)."""
+                   context_size: int | None = None, extra: dict | None = None,
+                   site: str | None = None) -> dict:
+    """cfg.json for a folded JumpReLU SAE (raw activation space, b_dec not applied to input).
+
+    `site` (a raysae site such as "res:12") sets the TransformerLens hook name and layer,
+    and for attention sites SAELens' hook_z reshaping of [.., heads, d_head] activations.
+    """
+    reshape = "none"
+    if site is not None:
+        hook_name, hook_layer = transformer_lens_hook(site)
+        reshape = "hook_z" if site.startswith("attn:") else "none"
     meta = {
         "model_name": model_name, "hook_name": hook_name, "hook_layer": hook_layer,
         "hook_head_index": None, "model_class_name": "HookedTransformer",
@@ -106,7 +132,7 @@ def saelens_config(params: SAEParams, *, model_name: str | None = None,
         "architecture": "jumprelu", "d_in": int(params.W_enc.shape[0]),
         "d_sae": int(params.W_enc.shape[1]), "dtype": "float32", "device": "cpu",
         "apply_b_dec_to_input": False, "normalize_activations": "none",
-        "reshape_activations": "none", "meta": meta,
+        "reshape_activations": reshape, "meta": meta,
     }
     if extra:
         cfg["raysae"] = extra
@@ -145,6 +171,12 @@ def load_saelens(url: str) -> tuple[SAEParams, dict]:
     for key, got in (("d_in", params.W_enc.shape[0]), ("d_sae", params.W_enc.shape[1])):
         if key in cfg and cfg[key] != got:
             raise SAEFormatError(f"{cfg_url}: key {key!r} is {cfg[key]} but the weights have {got}")
+    norm = cfg.get("normalize_activations", "none")
+    if norm not in ("none", None):
+        # Run-time input normalisation is not part of the five tensors: evaluating such an
+        # SAE on raw activations would silently give wrong numbers.
+        raise SAEFormatError(f"{cfg_url}: key 'normalize_activations' is {norm!r}; only 'none' "
+                             "(raw activation space) is supported")
     if cfg.get("apply_b_dec_to_input"):
         # SAELens subtracts b_dec before encoding: fold it so our encode (no pre-bias) matches.
         params = params._replace(b_enc=params.b_enc - params.b_dec @ params.W_enc)

@@ -31,14 +31,21 @@ class DistributedResult:
     history: list
 
 
-def _stream_data(name: str, shared: bool, manifest_url: str, stream_config):
-    """data_fn(process_index, process_count) for the workers: start -> global batches."""
+def _stream_data(name: str, shared: bool, manifest_url: str, stream_config, trial_id: str):
+    """data_fn(process_index, process_count) for the workers: start -> global batches.
+
+    The workers of a distributed trial start at global batch 0 and resume at the number of
+    batches consumed, which is the global index under the default lag policy ("loop": a
+    lagging reader rebuilds what it missed, so it never skips an index). Consumer ids carry
+    the trial id: two trials of one site must not share a broker's consumer slot.
+    """
     def data_fn(process_index: int, process_count: int):
         from raysae.stream import BatchStream, LocalStream
 
         def open_at(start: int):
             if shared:
-                return BatchStream(name, start_index=start, consumer_id=f"{name}-p{process_index}")
+                return BatchStream(name, start_index=start,
+                                   consumer_id=f"{trial_id}-p{process_index}")
             return LocalStream(manifest_url, stream_config, start_index=start)
         return open_at
     return data_fn
@@ -72,7 +79,7 @@ def train_distributed(config: SweepConfig, tc, site: str, manifest, manifest_url
         topology=r.tpu_topology, accelerator_type=r.tpu_accelerator,
         resources_per_worker=None if (r.tpu_topology or r.gpus) else {"CPU": r.cpus})
     ckpt = storage.join(config.sweep_url, "checkpoints", trial_id)
-    out = fit(tc, _stream_data(stream, config.shared_stream, manifest_url, config.stream),
+    out = fit(tc, _stream_data(stream, config.shared_stream, manifest_url, config.stream, trial_id),
               scaling=scaling, d=manifest.d, d_out=manifest.d if tc.transcoder else None,
               norm_scalar=manifest.norm_scalar, inputs_normalized=True,
               checkpoint_url=ckpt, output_url=storage.join(out_url, "params.npz"),

@@ -2,9 +2,10 @@
 
 With text to evaluate on (`final_eval.text`, default the sweep's `data.text`) the folded
 SAE is spliced into the LM by `raysae.evals.evaluate` on `eval.num_sequences` sequences of
-`eval.context_length` tokens. The eval tokens come from the text source's files taken
-from the *end* of its file list, while the caching job reads from the start, so with a
-token budget smaller than the corpus the eval text is held out. Without text (a sweep over
+`eval.context_length` tokens. The eval tokens are the corpus's *last* documents (the last
+files, and the last documents within a file), while the caching job reads from the start,
+so with a token budget smaller than the corpus the eval text is held out (a single-file
+corpus is streamed once to find its tail; set `final_eval.text` to name held-out text). Without text (a sweep over
 an existing activation cache) there is no LM input to splice into, so L0, FVU and MSE are
 measured on `final_eval.activation_batches` batches of the cache drawn in a different
 shuffle order (seed + 1) and delta loss is absent from the results.
@@ -15,6 +16,7 @@ eval tokens are cached per process, so a worker reused for several trials loads 
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 from typing import Any
@@ -43,16 +45,25 @@ def _eval_stream(source: str, model_source: str, num_tokens: int) -> np.ndarray:
 
     model = _model(model_source)
     files = resolve_inputs(CacheConfig(inputs=[source], output="unused"))
-    eos = model.config.eos_id
-    pieces, total = [], 0
+    eos = np.array([model.config.eos_id], np.int32)
+    tail: list[np.ndarray] = []   # documents from the end of the corpus, last first
+    total = 0
     for f in reversed(files):
+        # The caching job reads each file from its start, so take this file's *last*
+        # documents: keep a rolling window of about num_tokens tokens while streaming it.
+        window: collections.deque = collections.deque()
+        size = 0
         for ids in documents(f, "text", model.tokenizer, model.config.vocab_size):
-            ids = np.asarray(ids, np.int32)
-            pieces += [ids, np.array([eos], np.int32)]
-            total += len(ids) + 1
+            window.append(np.asarray(ids, np.int32))
+            size += len(window[-1]) + 1
+            while size - len(window[0]) - 1 >= num_tokens - total:
+                size -= len(window.popleft()) + 1
+        tail += reversed(window)
+        total += size
         if total >= num_tokens:
             break
-    return np.concatenate(pieces)[:num_tokens] if pieces else np.zeros(0, np.int32)
+    pieces = [p for doc in reversed(tail) for p in (doc, eos)]
+    return np.concatenate(pieces)[-num_tokens:] if pieces else np.zeros(0, np.int32)
 
 
 def lm_evaluation(config: SweepConfig, site: str, folded, text: str) -> dict[str, float]:

@@ -61,6 +61,13 @@ def validate(config: SweepConfig) -> None:
     from raysae.activations.shards import Manifest, ShardError
     from raysae.lm.config import Site
 
+    # Trials and Ray Data tasks run in other processes, which cannot see a process-local
+    # memory:// filesystem.
+    for field, url in (("storage", config.storage), ("data.manifest", config.data.manifest),
+                       ("data.cache_url", config.data.cache_url)):
+        if url is not None and url.startswith("memory://"):
+            raise ConfigError(f"{field}: {url} is process-local (memory://); trials run in other "
+                              "processes: use a local path or shared storage (gs://, s3://)")
     needs_lm = config.data.text is not None or config.final_eval.text is not None
     lm = _model_config(config) if (needs_lm or config.model == "tiny") else None
     for i, s in enumerate(config.sites):

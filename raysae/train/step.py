@@ -89,9 +89,9 @@ def train_step(state: TrainState, x: jax.Array, target: jax.Array | None,
     first_bad = jnp.where(finite | (state.first_bad_step >= 0), state.first_bad_step, state.step)
     kept = kept._replace(first_bad_step=first_bad)
 
-    idle = kept.step - kept.last_fired
-    never = kept.last_fired < 0
-    dead = jnp.where(never, kept.step >= config.dead_window_steps, idle > config.dead_window_steps)
+    # Dead: not fired in the last `dead_window_steps` updates. A latent that never fired has
+    # last_fired = -1, so the same test holds for it once that many updates have run.
+    dead = (kept.step - kept.last_fired) > config.dead_window_steps
     metrics = StepMetrics(loss=parts.loss, mse=parts.mse, fvu=parts.mse / parts.variance,
                           l0=parts.l0, sparsity_loss=parts.sparsity_loss,
                           sparsity_coefficient=jnp.asarray(lam, jnp.float32),
