@@ -43,6 +43,8 @@ class StreamConfig:
     max_restarts: int = -1            # broker restarts (-1: unlimited)
     spread: bool = False              # place brokers on different nodes (one per node)
     object_store_fraction: float = 0.5  # rings must fit in this share of a node's store
+    prefault_object_store: bool = True  # brokers pre-fault their view of the store at start
+                                        # (~4x faster puts early; raysae/stream/prefault.py)
 
     def __post_init__(self) -> None:
         check(self.batch_size >= 1, "batch_size", f"must be >= 1, got {self.batch_size}")

@@ -1,9 +1,15 @@
 """`BatchStream`: the trial side of the shared stream.
 
 ``for g, batch in BatchStream(handle, start_index=ckpt.get("batch", 0)):`` yields the
-global batch index and a float32 [B, width] array (read only, zero copy from the object
-store on the broker's node). `position` is the next index: store it in checkpoints and
-pass it back as `start_index` to resume exactly where the trial was.
+global batch index and a float32 [B, width] array. Brokers put batches raw and as
+stored; the consumer finishes them:
+- `normalize=True` (default): divided by the manifest's C (and bf16 widened) into a new
+  array: one copy per trial, run in parallel by the trials;
+- `normalize=False`: raw rows; a float32 cache's batch is then the object store's buffer
+  itself (read only, zero copy on the broker's node), and the trainer divides on device
+  (`train(..., norm_scalar=C)`). bf16 caches are widened to float32 (one copy).
+`position` is the next index: store it in checkpoints and pass it back as `start_index`
+to resume exactly where the trial was.
 
 It keeps, per broker, a queue of refs fetched a block at a time, and asks for the next
 block while the current one is being consumed, so the actor call is off the critical
@@ -30,7 +36,7 @@ import ray
 from raysae.activations.shards import Manifest
 from raysae.stream.broker import BrokerHandle, get_brokers
 from raysae.stream.plan import Plan
-from raysae.stream.reader import SliceReader
+from raysae.stream.reader import SliceReader, to_float32
 
 _RETRYABLE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
               ray.exceptions.ObjectLostError, ray.exceptions.GetTimeoutError)
@@ -42,13 +48,15 @@ class BatchStream:
     `stream`: a `BrokerHandle` or the stream's name. `start_index`: the first global
     index (a checkpoint's `position`); None joins at the oldest batch still buffered, for
     trials that start late and need not see the stream from its beginning.
+    `normalize`: divide by C here (True) or yield raw rows (False; see the module docstring).
     `sharding`: optional `jax.sharding.Sharding`; batches are then `jax.device_put` on it.
     `retry_s`: how long to keep retrying a dead broker before giving up.
     """
 
     def __init__(self, stream: BrokerHandle | str, start_index: int | None = 0,
                  consumer_id: str | None = None, sharding: Any = None,
-                 wait_s: float = 10.0, retry_s: float = 120.0):
+                 wait_s: float = 10.0, retry_s: float = 120.0, normalize: bool = True):
+        self.normalize = normalize
         self.handle = get_brokers(stream) if isinstance(stream, str) else stream
         self.config = self.handle.config
         self.manifest = Manifest.load(self.handle.manifest_url)
@@ -76,6 +84,7 @@ class BatchStream:
             arr = self._get(b, j)
             if arr is None:  # skipped ahead: position moved, go again
                 continue
+            arr = to_float32(arr, self.manifest, self.normalize)
             self.position = g + 1
             self.delivered += 1
             if self.sharding is not None:
@@ -187,7 +196,7 @@ class BatchStream:
         if b not in self._readers:
             self._readers[b] = SliceReader(self.handle.manifest_url, self.manifest, self.plan, b)
         self.looped += 1
-        return self._readers[b].batch(j)
+        return self._readers[b].rows(j)
 
 
 def batches(stream: BatchStream) -> Iterator[np.ndarray]:

@@ -8,7 +8,9 @@ dataset alone.
 The order, per broker b (owning a contiguous slice of shards balanced by rows):
 - epoch e of the slice is its shards in a seeded order (seed, b, e), concatenated;
 - rows are permuted inside consecutive windows of `shuffle_window` rows of that epoch
-  (seeded by (seed, b, e, window)), so every row appears exactly once per epoch;
+  (seeded by (seed, b, e, window)), so every row appears exactly once per epoch; with
+  `shuffle_window` <= 1 they are not permuted (the caching job already shuffled each
+  shard), so a batch is a run of consecutive rows: one shard slice unless it straddles two;
 - the epochs are laid end to end and cut into batches of `batch_size` rows (a batch may
   straddle an epoch boundary; with finite epochs the last partial batch is dropped or
   kept per `drop_last`). Batch j of broker b is its *local* index j.
@@ -87,6 +89,16 @@ class Plan:
     def batch_bytes(self) -> int:
         """Bytes of one delivered (float32) batch."""
         return self.config.batch_size * self.manifest.width * 4
+
+    @property
+    def stored_batch_bytes(self) -> int:
+        """Bytes of one batch as stored and as brokers put it (bf16 caches: half)."""
+        return self.config.batch_size * self.manifest.row_bytes
+
+    @property
+    def contiguous(self) -> bool:
+        """No row permutation: every batch is a run of consecutive rows of the epoch."""
+        return self.config.shuffle_window <= 1
 
     # --- global <-> (broker, local) -------------------------------------------------------
     def _before_round(self, r: int) -> int:

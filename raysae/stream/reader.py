@@ -1,9 +1,15 @@
 """Reading batches of one broker's slice from storage, and the single-process stream.
 
-`SliceReader(url, manifest, plan, broker).batch(j)` builds local batch j of a broker
-exactly as the `Plan` says: it gathers the batch's rows from the shards that hold them,
-converts to float32 and divides by the manifest's C (transcoder caches: both halves,
-C being the input's scale). Shards come from a `ShardSource`:
+`SliceReader(url, manifest, plan, broker)` builds local batch j of a broker exactly as
+the `Plan` says. `.rows(j)` is the batch as stored (float32, or bf16 bit patterns as
+uint16), raw: what a broker puts in the object store. With a contiguous plan
+(`shuffle_window` <= 1) a batch inside one shard is a zero-copy view of it, so the
+broker's `ray.put` is the only copy from the page cache; a window shuffle gathers rows
+one by one into a new array instead (measured in BENCHMARKS.md: several times slower).
+`to_float32(rows, manifest, normalize)` widens to float32 and divides by the manifest's
+C (transcoder caches: both halves, C being the input's scale): the consumer's step, one
+copy per trial, in parallel across trials; `.batch(j)` does both. Shards come from a
+`ShardSource`:
 
 - `ShardFiles` (reader="memmap", the default): a local shard is memory-mapped (no decode,
   no copy until the gather); a remote one (gs://, s3://, memory://) is read whole, once,
@@ -28,12 +34,9 @@ from typing import Iterator
 import numpy as np
 
 from raysae import storage
-from raysae.activations.shards import Manifest, read_shard
+from raysae.activations.shards import Manifest, decode_rows, read_shard, storage_dtype
 from raysae.stream.config import StreamConfig
 from raysae.stream.plan import Plan
-
-_CHUNK_ROWS = 512  # gather + scale in pieces that stay in cache
-
 
 @dataclasses.dataclass
 class ReadStats:
@@ -100,7 +103,7 @@ class SliceReader:
         self.source = source or make_source(url, manifest, plan.config, self.stats)
         if source is not None:
             self.stats = source.stats
-        self.scale = np.float32(manifest.norm_scalar)
+        self.stored = storage_dtype(manifest.dtype)
 
     def _upcoming(self, epoch: int, shard: int) -> list[int]:
         """Shards after `shard` in read order (rest of this epoch, then the next)."""
@@ -110,42 +113,79 @@ class SliceReader:
             rest += list(self.plan.epoch_order(self.broker, epoch + 1))
         return rest
 
-    def batch(self, j: int) -> np.ndarray:
-        """Local batch `j`: float32 [rows, d * len(parts)], divided by C."""
+    def _shard(self, shard: int, epoch: int) -> np.ndarray:
+        arr = self.source.get(shard, self._upcoming(epoch, shard)
+                              if self.source.wants_upcoming else [])
+        return np.asarray(arr).view(self.stored)  # plain ndarray, as stored (bf16: uint16)
+
+    def rows(self, j: int) -> np.ndarray:
+        """Local batch `j` as stored: [rows, width] float32, or bf16 bit patterns (uint16);
+        raw, not divided by C. Read only.
+
+        Contiguous plans (shuffle_window <= 1) take a batch that lies in one shard as a
+        view of it: zero copy (a memory map's pages go straight to whoever copies them,
+        e.g. the broker's `ray.put`). Otherwise rows are gathered into a new array.
+        """
         gathers = self.plan.batch_rows(self.broker, j)
         n = sum(len(g.rows) for g in gathers)
-        out = np.empty((n, self.manifest.width), dtype=np.float32)
         B, N = self.plan.config.batch_size, self.plan.slice_rows[self.broker]
         epoch = j * B // N
+        contiguous = self.plan.contiguous
+        if contiguous and len(gathers) == 1:  # the fast path: a view of the shard
+            g = gathers[0]
+            out = self._shard(g.shard, epoch)[g.rows[0]:g.rows[0] + n]
+        else:
+            out = np.empty((n, self.manifest.width), dtype=self.stored)
+            for g in gathers:
+                arr = self._shard(g.shard, epoch)
+                if contiguous:  # straddles shards: one slice copy per shard
+                    out[g.out[0]:g.out[0] + len(g.rows)] = arr[g.rows[0]:g.rows[0] + len(g.rows)]
+                elif len(gathers) == 1:  # window shuffle, one shard: gather in place
+                    np.take(arr, g.rows, axis=0, out=out)
+                else:
+                    out[g.out] = arr[g.rows]
         for g in gathers:
-            arr = self.source.get(g.shard, self._upcoming(epoch, g.shard)
-                                  if self.source.wants_upcoming else [])
-            contiguous = len(gathers) == 1 and arr.dtype == np.float32
-            if contiguous:  # the usual case: gather straight into the output
-                for a in range(0, n, _CHUNK_ROWS):
-                    z = min(a + _CHUNK_ROWS, n)
-                    np.take(arr, g.rows[a:z], axis=0, out=out[a:z])
-                    np.divide(out[a:z], self.scale, out=out[a:z])
-            else:
-                out[g.out] = arr[g.rows]
             self.source.gathered(len(g.rows))
-        if not contiguous:
-            np.divide(out, self.scale, out=out)
+        out.flags.writeable = False  # a view of a cached shard must never be written
         self.stats.rows_read += n
         self.stats.batches += 1
         return out
+
+    def batch(self, j: int, normalize: bool = True) -> np.ndarray:
+        """Local batch `j` as float32 [rows, d * len(parts)], divided by C if `normalize`."""
+        return to_float32(self.rows(j), self.manifest, normalize)
+
+
+def to_float32(stored: np.ndarray, manifest: Manifest, normalize: bool = True) -> np.ndarray:
+    """Rows as stored (float32, or bf16 bit patterns) -> float32, divided by C if `normalize`
+    (transcoder caches: both halves by the one C, the input's scale).
+
+    float32 rows with `normalize=False` come back as they are (no copy, read only);
+    anything else is one pass into a new array (the bf16 widening and /C are exact and
+    fused). Identical numbers to dividing the float32 rows by float32(C) in numpy.
+    """
+    if manifest.dtype == "bfloat16":
+        stored = decode_rows(np.asarray(stored).view(np.uint16), manifest.dtype)
+    if not normalize:
+        return stored if stored.dtype == np.float32 else stored.astype(np.float32)
+    out = np.empty(stored.shape, dtype=np.float32)
+    np.divide(stored, np.float32(manifest.norm_scalar), out=out, dtype=np.float32)
+    return out
 
 
 class LocalStream:
     """The shared stream's batches in one process, no Ray: `for g, batch in stream`.
 
-    Same order as the brokers for the same `config`. `position` is the next global index
-    (store it in checkpoints; pass it back as `start_index` to resume).
+    Same batches as a `BatchStream` for the same `config` and `normalize`: float32, divided
+    by C when `normalize`, else raw (a trainer given `norm_scalar` divides on device).
+    `position` is the next global index (store it in checkpoints; pass it back as
+    `start_index` to resume).
     """
 
     def __init__(self, manifest_url: str, config: StreamConfig | None = None,
-                 start_index: int = 0):
+                 start_index: int = 0, normalize: bool = True):
         self.url = manifest_url
+        self.normalize = normalize
         self.config = config or StreamConfig()
         self.manifest = Manifest.load(manifest_url)
         self.plan = Plan(self.manifest, self.config)
@@ -160,7 +200,7 @@ class LocalStream:
     def batch(self, g: int) -> np.ndarray:
         """Global batch `g` (random access)."""
         b, j = self.plan.locate(g)
-        return self.reader(b).batch(j)
+        return self.reader(b).batch(j, self.normalize)
 
     @property
     def stats(self) -> ReadStats:

@@ -1,0 +1,61 @@
+"""Pre-faulting this process's view of Ray's object store, so `ray.put` is a plain memcpy.
+
+Ray's `preallocate_plasma_memory` faults the store's shared memory in once, in the store
+process. Every other process maps the same file and pays its own page faults the first
+time it touches each page: a broker putting 38 MiB batches measured ~4 GB/s until its
+puts had walked over the whole store, ~15 GB/s after (2-core machine, 2 GiB store).
+`populate_object_store()` asks the kernel to build this process's page tables for the
+store up front (`madvise(MADV_POPULATE_WRITE)`, Linux >= 5.14; ~0.3 s per GiB here): the
+data is not touched, and the page tables are the ones steady state would build anyway.
+
+It finds the store's mapping in /proc/self/maps (a shared mapping of a file named
+``plasma*``, as Ray's plasma store names its memory file). Where there is none (not
+Linux, older kernels, Ray changed its naming) it does nothing and returns 0: only speed
+depends on it.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+MADV_POPULATE_READ = 22   # page tables readable (a consumer only reads)
+MADV_POPULATE_WRITE = 23  # page tables writable (a producer writes)
+
+
+def store_mappings() -> list[tuple[int, int]]:
+    """(address, length) of this process's shared mappings of the object store file."""
+    out = []
+    try:
+        with open("/proc/self/maps") as f:
+            lines = f.readlines()
+    except OSError:
+        return out
+    for line in lines:
+        parts = line.split()
+        if len(parts) < 6 or "s" not in parts[1]:
+            continue
+        if not os.path.basename(parts[5]).startswith("plasma"):
+            continue
+        lo, hi = (int(x, 16) for x in parts[0].split("-"))
+        out.append((lo, hi - lo))
+    return out
+
+
+def populate_object_store(write: bool = True) -> int:
+    """Build this process's page tables for the object store; bytes populated (0: none)."""
+    mappings = store_mappings()
+    if not mappings:
+        return 0
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        madvise = libc.madvise
+    except (OSError, AttributeError):
+        return 0
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    advice = MADV_POPULATE_WRITE if write else MADV_POPULATE_READ
+    done = 0
+    for addr, length in mappings:
+        if madvise(addr, length, advice) == 0:  # EINVAL on kernels without populate
+            done += length
+    return done
