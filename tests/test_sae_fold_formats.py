@@ -148,6 +148,14 @@ def test_saelens_site_sets_transformer_lens_hook(tmp_path):
     save_saelens(p, str(tmp_path / "attn"), site="attn:3")
     cfg = json.loads((tmp_path / "attn" / "cfg.json").read_text())
     assert cfg["meta"]["hook_name"] == "blocks.3.attn.hook_z" and cfg["reshape_activations"] == "hook_z"
+    t = trained_like(transcoder=True)
+    save_saelens(t, str(tmp_path / "tc"), site="transcoder:5")
+    cfg = json.loads((tmp_path / "tc" / "cfg.json").read_text())
+    assert cfg["architecture"] == "jumprelu_transcoder" and cfg["d_out"] == 16
+    assert cfg["meta"]["hook_name"] == "blocks.5.ln2.hook_normalized"
+    assert cfg["hook_name_out"] == "blocks.5.hook_mlp_out" and cfg["apply_b_dec_to_input"] is False
+    q, _ = load_saelens(str(tmp_path / "tc"))
+    np.testing.assert_array_equal(q.b_enc, np.asarray(t.b_enc))  # no b_dec folding for transcoders
     with pytest.raises(ValueError, match="site 'bogus:1'"):
         save_saelens(p, str(tmp_path / "bad"), site="bogus:1")
 

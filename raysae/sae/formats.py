@@ -102,10 +102,13 @@ TL_HOOKS = {
 
 
 def transformer_lens_hook(site: str) -> tuple[str, int]:
-    """("blocks.12.hook_resid_post", 12) for the raysae site "res:12"."""
+    """("blocks.12.hook_resid_post", 12) for the raysae site "res:12" (a transcoder
+    "transcoder:L" reads at its input, mlp_in)."""
     kind, _, layer = site.partition(":")
+    kind = "mlp_in" if kind == "transcoder" else kind
     if kind not in TL_HOOKS or not layer.isdigit():
-        raise ValueError(f"site {site!r}: expected kind:layer with kind in {sorted(TL_HOOKS)}")
+        raise ValueError(f"site {site!r}: expected kind:layer with kind in "
+                         f"{sorted(TL_HOOKS) + ['transcoder']}")
     return TL_HOOKS[kind].format(layer=int(layer)), int(layer)
 
 
@@ -134,6 +137,11 @@ def saelens_config(params: SAEParams, *, model_name: str | None = None,
         "apply_b_dec_to_input": False, "normalize_activations": "none",
         "reshape_activations": reshape, "meta": meta,
     }
+    if site is not None and site.startswith("transcoder:"):
+        # App. B transcoder: mlp_in -> mlp at one layer (SAELens' JumpReLU transcoder).
+        cfg.update(architecture="jumprelu_transcoder", d_out=int(params.W_dec.shape[1]),
+                   hook_name_out=TL_HOOKS["mlp"].format(layer=hook_layer),
+                   hook_layer_out=hook_layer, hook_head_index_out=None)
     if extra:
         cfg["raysae"] = extra
     return cfg

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from raysae.sweep.spec import SweepConfig
+from raysae.sweep.spec import SweepConfig, eval_site, is_transcoder_site
 
 
 def eval_text(config: SweepConfig) -> str | None:
@@ -73,7 +73,7 @@ def lm_evaluation(config: SweepConfig, site: str, folded, text: str) -> dict[str
     ec = dataclasses.replace(config.eval, progress=False)
     model = _model(config.model)
     stream = _eval_stream(text, config.model, ec.num_sequences * ec.context_length)
-    report = evaluate(folded, model, site, tokens=stream, config=ec)
+    report = evaluate(folded, model, eval_site(site), tokens=stream, config=ec)
     return {f"eval/{k}": float(v) for k, v in report.metrics().items()}
 
 
@@ -117,5 +117,6 @@ def final_evaluation(config: SweepConfig, site: str, manifest_url: str, result: 
     text = eval_text(config)
     if text is not None:
         return lm_evaluation(config, site, result.folded, text)
+    transcoder = config.train.transcoder or is_transcoder_site(site)
     return activation_evaluation(config, manifest_url, result.params,
-                                 pre_encoder_bias=not config.train.transcoder)
+                                 pre_encoder_bias=not transcoder)

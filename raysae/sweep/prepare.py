@@ -18,7 +18,7 @@ import importlib.util
 
 from raysae import storage
 from raysae.config import ConfigError, from_dict
-from raysae.sweep.spec import SweepConfig, site_slug
+from raysae.sweep.spec import SweepConfig, is_transcoder_site, parse_sweep_site, site_slug
 
 
 def manifest_url(config: SweepConfig, site: str) -> str:
@@ -59,7 +59,6 @@ def _model_config(config: SweepConfig):
 def validate(config: SweepConfig) -> None:
     """Checks that need storage / installed modules; raises ConfigError naming the field."""
     from raysae.activations.shards import Manifest, ShardError
-    from raysae.lm.config import Site
 
     # Trials and Ray Data tasks run in other processes, which cannot see a process-local
     # memory:// filesystem.
@@ -71,8 +70,8 @@ def validate(config: SweepConfig) -> None:
     needs_lm = config.data.text is not None or config.final_eval.text is not None
     lm = _model_config(config) if (needs_lm or config.model == "tiny") else None
     for i, s in enumerate(config.sites):
-        site = Site.parse(s)
-        if lm is not None and not 0 <= site.layer < lm.n_layers:
+        _, layer = parse_sweep_site(s)
+        if lm is not None and not 0 <= layer < lm.n_layers:
             raise ConfigError(f"sites[{i}]: {s} is outside model {config.model!r}'s layers "
                               f"0..{lm.n_layers - 1}")
     if config.data.manifest is not None:
@@ -85,11 +84,13 @@ def validate(config: SweepConfig) -> None:
                 m = Manifest.load(url)
             except ShardError as e:
                 raise ConfigError(f"data.manifest: {e}") from None
-            if Site.parse(m.site if ":" in str(m.site) else f"{m.site}:{m.layer}") != Site.parse(s):
+            cached = m.site if ":" in str(m.site) else f"{m.site}:{m.layer}"
+            if parse_sweep_site(cached) != parse_sweep_site(s):
                 raise ConfigError(f"data.manifest: the cache at {url} is for site "
-                                  f"{m.site}, not {s}")
-            if config.train.transcoder != (len(m.parts) == 2):
-                raise ConfigError(f"train.transcoder: is {config.train.transcoder} but the cache "
+                                  f"{cached}, not {s}")
+            transcoder = config.train.transcoder or is_transcoder_site(s)
+            if transcoder != (len(m.parts) == 2):
+                raise ConfigError(f"train.transcoder: is {transcoder} for site {s} but the cache "
                                   f"at {url} has parts {m.parts}")
     else:
         if importlib.util.find_spec("raysae.activations.cache") is None:

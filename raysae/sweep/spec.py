@@ -166,11 +166,9 @@ class SweepConfig:
         check(bool(self.name) and "/" not in self.name and ":" not in self.name, "name",
               f"must be a non-empty name without '/' or ':', got {self.name!r}")
         check(bool(self.sites), "sites", "give at least one site, e.g. [res:12]")
-        from raysae.lm.config import Site
-
         for i, s in enumerate(self.sites):
             try:
-                Site.parse(s)
+                parse_sweep_site(s)
             except (ConfigError, ValueError) as e:
                 raise ConfigError(f"sites[{i}]: {e}") from None
         check(len(set(self.sites)) == len(self.sites), "sites", "has duplicates")
@@ -205,8 +203,11 @@ class SweepConfig:
 
         return storage.join(self.storage, self.name)
 
-    def trial_train_config(self, width: int, sparsity_coefficient: float) -> TrainConfig:
+    def trial_train_config(self, width: int, sparsity_coefficient: float,
+                           site: str | None = None) -> TrainConfig:
         extra = {"model_parallel": self.resources.model_axis} if self.resources.model_axis > 1 else {}
+        if site is not None and is_transcoder_site(site):
+            extra["transcoder"] = True
         return dataclasses.replace(self.train, width=int(width), steps=self.steps_for(width),
                                    sparsity_coefficient=float(sparsity_coefficient), **extra)
 
@@ -230,12 +231,28 @@ class SweepConfig:
         return len(self.sites) * len(self.widths) * per
 
 
-def site_slug(site: str) -> str:
-    """A path-safe name for a site ("res:12" -> "res_12")."""
-    from raysae.lm.config import Site
+def parse_sweep_site(site: str) -> tuple[str, int]:
+    """A sweep site: an LM site ("res:12", "attn:3", "mlp:5", "mlp_in:5") or a transcoder
+    "transcoder:5" (App. B: input after layer 5's pre-MLP norm, target its MLP output)."""
+    from raysae.activations.config import parse_site
 
-    s = Site.parse(site)
-    return f"{s.kind}_{s.layer}"
+    return parse_site(site)
+
+
+def is_transcoder_site(site: str) -> bool:
+    return parse_sweep_site(site)[0] == "transcoder"
+
+
+def eval_site(site: str) -> str:
+    """The site string raysae.evals takes: a transcoder is the pair "mlp_in:L->mlp:L"."""
+    kind, layer = parse_sweep_site(site)
+    return f"mlp_in:{layer}->mlp:{layer}" if kind == "transcoder" else f"{kind}:{layer}"
+
+
+def site_slug(site: str) -> str:
+    """A path-safe name for a site ("res:12" -> "res_12", "transcoder:5" -> "transcoder_5")."""
+    kind, layer = parse_sweep_site(site)
+    return f"{kind}_{layer}"
 
 
 def load_sweep(url: str, overrides: list[str] | None = None) -> SweepConfig:
