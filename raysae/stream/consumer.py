@@ -130,10 +130,10 @@ class BatchStream:
                    if self.plan.has(b, lo)) if any(
             self.plan.has(b, lo) for b, lo in enumerate(los)) else 0
 
-    def _request(self, b: int, start: int) -> None:
+    def _request(self, b: int, start: int, min_count: int = 1) -> None:
         ack = self._queues[b][0][0] if self._queues[b] else start
         ref = self.handle.actors[b].fetch.remote(
-            self.consumer_id, start, self.config.block_batches, ack, self.wait_s)
+            self.consumer_id, start, self.config.block_batches, ack, self.wait_s, min_count)
         self._pending[b] = (start, ref)
 
     def _reset(self, b: int) -> None:
@@ -164,11 +164,12 @@ class BatchStream:
                     q.extend((j + i, r) for i, r in enumerate(resp["refs"]))
                 _, ref = q.popleft()
                 arr = ray.get(ref)
-                # keep the next block in flight while this one is consumed
+                # keep the next block in flight while this one is consumed; it answers
+                # with a whole block unless the producer stalls (one call per block)
                 nxt = (q[-1][0] + 1) if q else j + 1
                 if self._pending[b] is None and len(q) <= self.config.block_batches // 2 \
                         and self.plan.has(b, nxt):
-                    self._request(b, nxt)
+                    self._request(b, nxt, min_count=self.config.block_batches)
                 return arr
             except _RETRYABLE:
                 # broker died (or is restarting): its refs are gone, ask again
