@@ -227,3 +227,50 @@ def test_ray_data_reader_matches_memmap_and_names_bad_shards(ray_local, cache, t
     m.save(bad)
     with pytest.raises(ShardError, match=r"shard-0000[01]\.npy.*d=5"):
         list(LocalStream(bad, StreamConfig(reader="ray_data", batch_size=8, epochs=1)))
+
+
+@pytest.mark.parametrize("dtype,window", [("float32", 0), ("bfloat16", 0), ("bfloat16", 30)])
+def test_brokers_put_raw_rows_and_consumers_normalize_or_not(ray_local, tmp_path, dtype, window):
+    url = str(tmp_path / "c")
+    write_synthetic_cache(url, [40, 24, 40, 32], d=4, parts=("input", "target"), dtype=dtype,
+                          norm_scalar=3.0)
+    cfg = StreamConfig(batch_size=16, shuffle_window=window, epochs=2, num_brokers=2,
+                       buffer_batches=8, block_batches=4, drop_last=False, expect_consumers=2)
+    h = start_brokers(url, cfg, name=f"raw-{dtype}-{window}")
+    try:
+        raw_s = BatchStream(h, consumer_id="raw", normalize=False)
+        norm_s = BatchStream(h, consumer_id="norm")
+        raw_want = list(LocalStream(url, cfg, normalize=False))
+        norm_want = list(LocalStream(url, cfg))
+        for (g, r), (h_, x), (gw, rw), (_, xw) in zip(raw_s, norm_s, raw_want, norm_want):
+            assert g == h_ == gw
+            assert r.dtype == x.dtype == np.float32
+            np.testing.assert_array_equal(r, rw)   # raw: as stored, widened
+            np.testing.assert_array_equal(x, xw)   # normalised on the consumer, bitwise
+            np.testing.assert_array_equal(x, r / np.float32(3.0))
+            if dtype == "float32":  # the object store's buffer itself
+                assert not r.flags.writeable
+        assert raw_s.position == norm_s.position == len(raw_want)
+        stats = ray.get([a.stats.remote() for a in h.actors])
+        assert all(s["prefaulted_bytes"] > 0 for s in stats)  # found and pre-faulted the store
+        raw_s.close()
+        norm_s.close()
+    finally:
+        stop_brokers(h)
+
+
+def test_fetch_waits_for_a_whole_block_unless_the_producer_is_held(ray_local, cache):
+    url, _, _ = cache
+    cfg = StreamConfig(batch_size=16, shuffle_window=0, buffer_batches=4, block_batches=4)
+    h = start_brokers(url, cfg, name="block")
+    try:
+        a = h.actors[0]
+        # the producer runs (nothing acked yet, ring of 4): the answer is a whole block
+        r = ray.get(a.fetch.remote("x", 0, 4, 0, 60.0, 4), timeout=30)
+        assert r["status"] == "ok" and len(r["refs"]) == 4
+        # ack 0 holds the producer at hi = 4: asking for [2, 6) must answer the 2 there
+        # are now, not wait out wait_s for a block that cannot come
+        r = ray.get(a.fetch.remote("x", 2, 4, 0, 60.0, 4), timeout=30)
+        assert r["status"] == "ok" and len(r["refs"]) == 2 and r["hi"] == 4
+    finally:
+        stop_brokers(h)

@@ -162,3 +162,107 @@ def test_manifest_d_disagreeing_with_a_shard_is_named(tmp_path):
     m.save(url)
     with pytest.raises(ShardError, match=r"shard-00001\.npy.*d=4"):
         list(LocalStream(url, StreamConfig(batch_size=5, epochs=1)))
+
+
+# --- the contiguous fast path (shuffle_window <= 1) and raw / normalised batches -----------
+
+def _expected_contiguous(stream, b, j):
+    """Global row ids of local batch j of broker b with no row shuffle, from first principles:
+    each epoch is the slice's shards in the plan's seeded order, concatenated."""
+    plan = stream.plan
+    B, N = plan.config.batch_size, plan.slice_rows[b]
+    starts = np.concatenate([[0], np.cumsum(SHARDS)])
+    ids = []
+    for pos in range(j * B, min((j + 1) * B, (plan.config.epochs or 10**9) * N)):
+        e, q = divmod(pos, N)
+        for s in plan.epoch_order(b, e):
+            if q < SHARDS[s]:
+                ids.append(starts[s] + q)
+                break
+            q -= SHARDS[s]
+    return np.array(ids)
+
+
+@pytest.mark.parametrize("window", [0, 1])
+@pytest.mark.parametrize("nb,bs", [(1, 16), (2, 7), (3, 64)])
+def test_contiguous_batches_are_shard_runs_in_seeded_order(cache, window, nb, bs):
+    url, m, rows = cache
+    cfg = StreamConfig(batch_size=bs, shuffle_window=window, epochs=3, num_brokers=nb,
+                       drop_last=False)
+    stream = LocalStream(url, cfg, normalize=False)
+    per_broker: dict[int, list[np.ndarray]] = {b: [] for b in range(nb)}
+    views = copies = 0
+    for g, batch in stream:
+        b, j = stream.plan.locate(g)
+        want = _expected_contiguous(stream, b, j)
+        np.testing.assert_array_equal(row_ids(batch / np.float32(3.0)), want)
+        np.testing.assert_array_equal(batch, rows[want])  # raw: exactly the stored rows
+        assert not batch.flags.writeable
+        raw = stream.reader(b).rows(j)
+        one_shard = len(np.unique(np.searchsorted(np.cumsum(SHARDS), want, side="right"))) == 1
+        if one_shard and np.array_equal(want, np.arange(want[0], want[0] + len(want))):
+            assert not raw.flags.owndata  # one run inside one shard: a view, no copy
+            views += 1
+        else:  # straddles shards (or an epoch boundary): copied
+            assert raw.flags.owndata
+            copies += 1
+        per_broker[b].append(want)
+    assert views > 0 and copies > 0  # both the view and the straddling copy were exercised
+    for b, slc in enumerate(stream.plan.slices):  # every row exactly once per epoch
+        ids = np.concatenate(per_broker[b])
+        n = sum(SHARDS[slc.start: slc.stop])
+        assert len(ids) == 3 * n
+        for e in range(3):
+            assert sorted(ids[e * n:(e + 1) * n]) == sorted(
+                range(sum(SHARDS[: slc.start]), sum(SHARDS[: slc.start]) + n))
+        if len(slc) > 1:  # shards reshuffled per epoch
+            assert not all(np.array_equal(ids[:n], ids[e * n:(e + 1) * n]) for e in (1, 2))
+
+
+def test_fast_path_matches_the_window_gather_path(cache):
+    """The fast path's batches equal a window gather whose permutation is the identity."""
+    url, m, _ = cache
+    cfg = StreamConfig(batch_size=16, shuffle_window=0, epochs=2, num_brokers=2)
+    fast = LocalStream(url, cfg)
+    slow = LocalStream(url, cfg)
+    W = 10**6  # one window per epoch, its permutation the identity: the gather path, no shuffle
+    slow.plan.config = StreamConfig(batch_size=16, shuffle_window=W, epochs=2, num_brokers=2)
+    slow.plan._window_perm = lambda b, e, w: np.arange(min(W, slow.plan.slice_rows[b] - w * W))
+    assert fast.plan.contiguous and not slow.plan.contiguous
+    for (g, a), (h, b) in zip(fast, slow):
+        assert g == h
+        np.testing.assert_array_equal(a, b)
+    assert fast.position == slow.position == fast.plan.total
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("window", [0, 30])
+def test_normalize_off_is_raw_rows_and_on_is_raw_divided_by_c(tmp_path, dtype, window):
+    url = str(tmp_path / dtype)
+    m, rows = write_synthetic_cache(url, [40, 40, 24], d=4, parts=("input", "target"),
+                                    dtype=dtype, norm_scalar=3.0)
+    cfg = StreamConfig(batch_size=16, shuffle_window=window, epochs=2, num_brokers=2,
+                       drop_last=False)
+    raw = list(LocalStream(url, cfg, normalize=False))
+    norm = list(LocalStream(url, cfg))
+    assert len(raw) == len(norm) > 0
+    c = np.float32(3.0)
+    for (g, r), (h, x) in zip(raw, norm):
+        assert g == h and r.dtype == x.dtype == np.float32
+        ids = np.rint(r[:, 0] / c).astype(np.int64)  # raw column 0 is id * C
+        np.testing.assert_array_equal(r, rows[ids])  # bf16: widened exactly
+        np.testing.assert_array_equal(x, r / c)      # bitwise the same division
+        np.testing.assert_array_equal(row_ids(x), ids)
+    reader = LocalStream(url, cfg).reader(0)
+    stored = reader.rows(0)
+    assert stored.dtype == (np.uint16 if dtype == "bfloat16" else np.float32)
+
+
+def test_trainable_divides_on_device_exactly_like_normalize(cache):
+    from raysae.sweep.trainable import _place_normalized
+
+    url, m, _ = cache
+    cfg = StreamConfig(batch_size=32, shuffle_window=0, epochs=1)
+    place = _place_normalized(m.norm_scalar)  # C = 3: 1/C is inexact, x * (1/C) would differ
+    for (_, r), (_, x) in zip(LocalStream(url, cfg, normalize=False), LocalStream(url, cfg)):
+        np.testing.assert_array_equal(np.asarray(place(r)), x)

@@ -77,7 +77,11 @@ def _restore_checkpoint(local: str) -> tuple[int, dict]:
 
 def _data(config: SweepConfig, site: str, manifest_url: str, consumer_id: str, opened: list,
           resume_position: int | None = None):
-    """start -> iterator of (global index, normalised batch), shared or a private copy.
+    """start -> iterator of (global index, raw float32 batch), shared or a private copy.
+
+    Batches are raw (`normalize=False`): a float32 batch is then the object store's buffer
+    itself, and the trainer divides by C on device (`_place_normalized`), so the stream
+    makes no per-trial copy on the host.
 
     On the shared stream a fresh trial joins the live stream at the oldest batch still
     buffered (like Gemma Scope's data server), rather than at batch 0: batches are i.i.d.
@@ -93,13 +97,37 @@ def _data(config: SweepConfig, site: str, manifest_url: str, consumer_id: str, o
                 first = resume_position
             else:
                 first = None if start == 0 else start
-            s = BatchStream(stream_name(config, site), start_index=first, consumer_id=consumer_id)
+            s = BatchStream(stream_name(config, site), start_index=first, consumer_id=consumer_id,
+                            normalize=False)
         else:
-            s = LocalStream(manifest_url, config.stream, start_index=start)
+            s = LocalStream(manifest_url, config.stream, start_index=start, normalize=False)
         opened.append(s)
         return s
 
     return open_at
+
+
+def _place_normalized(norm_scalar: float):
+    """host batch (raw) -> device array divided by C: bitwise what the stream's
+    normalize=True gives (a float32 division, done on device instead of on the host).
+
+    XLA turns a division by a scalar into a multiply by its reciprocal (1/3 is inexact:
+    ~1 in 3 values then differ in the last bit), so it divides by a batch-shaped array of
+    C, made once per shape.
+    """
+    import jax.numpy as jnp
+    import numpy as np
+
+    c = np.float32(norm_scalar)
+    divisors: dict[tuple, Any] = {}
+
+    def place(batch):
+        x = jnp.asarray(batch)
+        if x.shape not in divisors:
+            divisors[x.shape] = jnp.full(x.shape, c, dtype=jnp.float32)
+        return x / divisors[x.shape]
+
+    return place
 
 
 def train_sae(params: dict, *, sweep: dict, manifests: dict[str, str]) -> None:
@@ -161,9 +189,12 @@ def train_sae(params: dict, *, sweep: dict, manifests: dict[str, str]) -> None:
             state["restored_step"], ckpt_extra = _restore_checkpoint(local)
             data = _data(config, site, manifest_url, trial_id, opened,
                          resume_position=ckpt_extra.get("stream_position"))
+            # raw batches, divided on device by `place` (x / C, as the trainer always got;
+            # a multiply by 1/C would differ in the last bit): inputs are normalised after it
             result = train(tc, data, d=manifest.d,
                            d_out=manifest.d if tc.transcoder else None,
                            norm_scalar=manifest.norm_scalar, inputs_normalized=True,
+                           place=_place_normalized(manifest.norm_scalar),
                            checkpoint_url=local, resume=True, on_metrics=on_metrics,
                            on_checkpoint=on_checkpoint,
                            checkpoint_extra=lambda: ({"stream_position": int(opened[-1].position)}
