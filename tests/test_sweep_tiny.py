@@ -44,3 +44,27 @@ def test_tiny_sweep_end_to_end(tmp_path, capsys):
     # the cache was made under the sweep and holds the site's manifest
     assert storage.exists(storage.join(sweep_url, "cache", "res_2", "manifest.json"))
     assert sweep_file("tiny").endswith("sweeps/tiny.yaml")
+
+
+def test_transcoder_sweep_end_to_end(tmp_path, capsys):
+    """A transcoder site (App. B): cached as aligned mlp_in/mlp pairs, trained with
+    transcoder=True, evaluated by splicing it in place of the layer's MLP, saved in the
+    Gemma Scope and SAELens (jumprelu_transcoder) layouts."""
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        code = main(["sweep", "tiny", "-v", "0", "--set", f"storage={tmp_path}",
+                     "--set", "name=tc", "--set", "sites=[transcoder:1]", "--set", "widths=[256]",
+                     "--set", "sparsity.grid=[0.003]", "--set", "tokens=16384",
+                     "--set", "data.tokens=30000", "--set", "eval.num_sequences=4"])
+    finally:
+        ray.shutdown()
+    assert code == 0, capsys.readouterr().err
+    (row,) = frontier.read_frontier(str(tmp_path / "tc"))
+    assert row["status"] == "done" and row["site"] == "transcoder:1" and row["delta_loss"] > 0
+    npz = formats.load_npz(row["sae_url"])
+    assert npz.W_enc.shape == (128, 256) and npz.W_dec.shape == (256, 128)
+    lens, cfg = formats.load_saelens(storage.join(row["sae_url"], "saelens"))
+    assert cfg["architecture"] == "jumprelu_transcoder"
+    assert cfg["hook_name_out"] == "blocks.1.hook_mlp_out"
+    assert storage.exists(storage.join(str(tmp_path / "tc"), "cache", "transcoder_1", "manifest.json"))

@@ -138,7 +138,7 @@ def train_sae(params: dict, *, sweep: dict, manifests: dict[str, str]) -> None:
     config = from_dict(SweepConfig, sweep)
     site = params["site"]
     extra = {k: v for k, v in params.items() if k not in AXES}
-    tc = config.trial_train_config(params["width"], params["sparsity_coefficient"])
+    tc = config.trial_train_config(params["width"], params["sparsity_coefficient"], site=site)
     if extra:  # a user's param_space may vary other recipe knobs (lr, bandwidth, ...)
         tc = from_dict(type(tc), {**_asdict(tc), **extra}, "params")
     manifest_url = manifests[site]
@@ -223,17 +223,15 @@ def _asdict(obj: Any) -> dict:
 
 def _save(config: SweepConfig, site: str, manifest: Manifest, result, url: str, tc) -> None:
     """The folded SAE (raw activation space) in the formats the sweep asks for."""
-    from raysae.lm.config import Site
     from raysae.sae import formats
 
     if "npz" in config.final_eval.formats:
         formats.save_npz(result.folded, url)
     if "saelens" in config.final_eval.formats:
-        s = Site.parse(site)
         formats.save_saelens(
             result.folded, storage.join(url, "saelens"), model_name=config.model,
-            hook_name=str(s), hook_layer=s.layer, context_size=config.eval.context_length,
-            extra={"sweep": config.name, "site": str(s), "width": tc.width,
+            site=site, context_size=config.eval.context_length,
+            extra={"sweep": config.name, "site": site, "width": tc.width,
                    "sparsity_coefficient": tc.sparsity_coefficient, "steps": result.steps,
                    "tokens": result.steps * tc.batch_size, "norm_scalar": result.norm_scalar,
                    "manifest": manifest.model})
