@@ -1,18 +1,25 @@
 """Benchmark of the shared activation stream (issue 6): read paths, throughput, read amplification.
 
-    .venv/bin/python bench/stream.py [--d 2304] [--shards 8] [--rows 8192] [--epochs 2]
+    .venv/bin/python bench/stream.py [--d 2304] [--shards 8] [--rows 8192] [--epochs 16]
                                      [--consumers 1,2,4,8] [--batch 4096] [--buffer 16]
+                                     [--modes contiguous-raw,contiguous-norm,window-raw]
 
 Writes a synthetic float32 cache (Gemma 2 2B residual width by default) to a temp dir,
 then, in one run:
 1. raw numpy memmap read of the shards (copy into a buffer, warm page cache): the baseline;
 2. Ray Data `read_numpy` of the same shards (blocks iterated as numpy);
-3. `LocalStream` (one process: shuffled gather, divide by C) — what a trial reading its
-   own copy does;
-4. brokers -> N consumers (Ray tasks, zero-copy `ray.get`), N in --consumers: GB/s per
-   consumer and aggregate, and bytes the brokers read from storage / dataset bytes;
+3. `LocalStream` (one process) in each mode — what a trial reading its own copy does;
+4. brokers -> N consumers (Ray tasks, `ray.get` zero copy) in each mode, N in
+   --consumers: GB/s per consumer and aggregate, and bytes the brokers read from storage /
+   dataset bytes;
 5. N consumers each reading their own copy with `LocalStream` (the no-sharing baseline).
-Ratios are within this run. Prints a markdown table.
+Modes: `contiguous` = shuffle_window 0 (a batch is a slice of one shard, put zero copy),
+`window` = shuffle_window 4 x batch (rows gathered one by one); `raw` = normalize=False
+(the trainer divides by C on device; float32 batches are the object store's buffer),
+`norm` = normalize=True (each consumer divides by C into its own copy).
+Consumer GB/s is steady state: timed from the first batch after the brokers' initial
+ring (filled before the consumers start) to the last. Ratios are within this run.
+Prints markdown tables.
 """
 
 from __future__ import annotations
@@ -53,26 +60,34 @@ def ray_data_read(url: str, m: Manifest) -> float:
     return gbps(total, time.perf_counter() - t)
 
 
-@ray.remote(num_cpus=0)
-def shared_consumer(handle, cid):
-    s = BatchStream(handle, consumer_id=cid)
+MODES = {"contiguous-raw": (0, False), "contiguous-norm": (0, True),
+         "window-raw": (None, False), "window-norm": (None, True)}  # (window, normalize)
+
+
+def timed(it, skip: int):
+    """Bytes and seconds from batch `skip` on (earlier ones were buffered before the start)."""
     n, t0 = 0, None
-    for _, b in s:
-        if t0 is None:  # from the first batch: excludes start-up, includes every wait
+    for i, (_, b) in enumerate(it):
+        if i == skip:
             t0 = time.perf_counter()
-        n += b.nbytes
-    t = time.perf_counter() - t0
+        elif i > skip:
+            n += b.nbytes
+    return n, time.perf_counter() - t0
+
+
+@ray.remote(num_cpus=0)
+def shared_consumer(handle, cid, normalize, skip):
+    s = BatchStream(handle, consumer_id=cid, normalize=normalize)
+    n, t = timed(s, skip)
     s.close()
     return n, t
 
 
 @ray.remote(num_cpus=0)
-def own_copy_consumer(url, cfg):
-    s = LocalStream(url, cfg)
-    n, t0 = 0, time.perf_counter()
-    for _, b in s:
-        n += b.nbytes
-    return n, time.perf_counter() - t0, s.stats.bytes_read
+def own_copy_consumer(url, cfg, normalize):
+    s = LocalStream(url, cfg, normalize=normalize)
+    n, t = timed(s, 0)
+    return n, t, s.stats.bytes_read
 
 
 def main() -> None:
@@ -80,15 +95,20 @@ def main() -> None:
     ap.add_argument("--d", type=int, default=2304)
     ap.add_argument("--shards", type=int, default=8)
     ap.add_argument("--rows", type=int, default=8192)
-    ap.add_argument("--epochs", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=16)
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--buffer", type=int, default=16)
     ap.add_argument("--consumers", default="1,2,4,8")
+    ap.add_argument("--modes", default="contiguous-raw,contiguous-norm,window-raw",
+                    help=f"comma-separated, of {list(MODES)}")
     ap.add_argument("--brokers", type=int, default=1)
     ap.add_argument("--object-store-gib", type=float, default=2.0)
     ap.add_argument("--no-preallocate", action="store_true",
                     help="don't pre-fault the object store (ray.put then pays page faults)")
+    ap.add_argument("--no-prefault", action="store_true",
+                    help="brokers don't pre-fault their own view of the object store")
     args = ap.parse_args()
+    modes = args.modes.split(",")
     # Pre-faulting plasma memory at start-up (Ray's preallocate_plasma_memory) makes ray.put a
     # plain memcpy instead of a page-fault-bound copy: ~2x put throughput measured here.
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
@@ -98,42 +118,51 @@ def main() -> None:
     url = tempfile.mkdtemp(prefix="raysae-bench-stream-")
     m, _ = write_synthetic_cache(url, [args.rows] * args.shards, d=args.d, norm_scalar=3.0)
     data_bytes = sum(s.rows for s in m.shards) * m.row_bytes
-    cfg = StreamConfig(batch_size=args.batch, epochs=args.epochs, buffer_batches=args.buffer,
-                       block_batches=4, shuffle_window=4 * args.batch, num_brokers=args.brokers)
+
+    def config(mode: str, **kw) -> StreamConfig:
+        window = MODES[mode][0]
+        return StreamConfig(batch_size=args.batch, epochs=args.epochs,
+                            buffer_batches=args.buffer,
+                            shuffle_window=4 * args.batch if window is None else window,
+                            num_brokers=args.brokers,
+                            prefault_object_store=not args.no_prefault, **kw)
+
     print(f"cache: {args.shards} shards x {args.rows} rows x d={args.d} float32 = "
           f"{data_bytes / 1e9:.2f} GB; batch {args.batch} ({args.batch * m.row_bytes / 2**20:.0f} MiB)"
           f", {args.epochs} epochs, {args.brokers} broker(s), ring {args.buffer} batches, "
-          f"2-core machine\n")
+          f"window shuffle = {4 * args.batch} rows, {os.cpu_count()}-core machine\n")
     raw_memmap(url, m)  # warm the page cache
     raw = max(raw_memmap(url, m) for _ in range(3))
     rd = max(ray_data_read(url, m) for _ in range(2))
-    one = LocalStream(url, cfg)
-    n, t = 0, time.perf_counter()
-    for _, b in one:
-        n += b.nbytes
-    local = gbps(n, time.perf_counter() - t)
-    rows = [("raw numpy memmap read (copy)", raw, 1.0), ("Ray Data read_numpy", rd, rd / raw),
-            ("LocalStream, 1 process (shuffle + /C)", local, local / raw)]
+    rows = [("raw numpy memmap read (copy)", raw), ("Ray Data read_numpy", rd)]
+    for mode in modes:
+        n, t = timed(LocalStream(url, config(mode), normalize=MODES[mode][1]), 0)
+        view = " (zero-copy memmap views)" if mode == "contiguous-raw" else ""
+        rows.append((f"LocalStream, 1 process, {mode}{view}", gbps(n, t)))
     print("| path | GB/s | vs memmap |\n|---|---:|---:|")
-    for name, v, r in rows:
-        print(f"| {name} | {v:.2f} | {r:.2f}x |")
-    print("\n| consumers | shared: GB/s per consumer (min) | shared: aggregate GB/s | "
+    for name, v in rows:
+        print(f"| {name} | {v:.2f} | {v / raw:.2f}x |")
+    print("\n| mode | consumers | shared: GB/s per consumer (min) | shared: aggregate GB/s | "
           "shared: read amplification | own copy: GB/s per consumer (min) | "
-          "own copy: read amplification |\n|---:|---:|---:|---:|---:|---:|")
-    for i, N in enumerate(int(x) for x in args.consumers.split(",")):
-        c = StreamConfig(**{**cfg.__dict__, "expect_consumers": N})
-        h = start_brokers(url, c, name=f"bench{i}")
-        res = ray.get([shared_consumer.remote(h, f"c{k}") for k in range(N)])
-        read = sum(s["bytes_read"] for s in ray.get([a.stats.remote() for a in h.actors]))
-        stop_brokers(h)
-        per = min(gbps(b, t) for b, t in res)
-        agg = sum(b for b, _ in res) / max(t for _, t in res) / 1e9
-        own = ray.get([own_copy_consumer.remote(url, cfg) for _ in range(N)])
-        own_per = min(gbps(b, t) for b, t, _ in own)
-        own_read = sum(r for _, _, r in own)
-        ep = args.epochs * data_bytes
-        print(f"| {N} | {per:.2f} ({per / raw:.2f}x memmap) | {agg:.2f} | {read / ep:.2f}x | "
-              f"{own_per:.2f} | {own_read / ep:.2f}x |")
+          "own copy: read amplification |\n|---|---:|---:|---:|---:|---:|---:|")
+    ep = args.epochs * data_bytes
+    for mode in modes:
+        normalize = MODES[mode][1]
+        for N in (int(x) for x in args.consumers.split(",")):
+            c = config(mode, expect_consumers=N)
+            h = start_brokers(url, c, name=f"bench-{mode}-{N}")
+            res = ray.get([shared_consumer.remote(h, f"c{k}", normalize, args.buffer)
+                           for k in range(N)])
+            read = sum(s["bytes_read"] for s in ray.get([a.stats.remote() for a in h.actors]))
+            stop_brokers(h)
+            per = min(gbps(b, t) for b, t in res)
+            agg = sum(b for b, _ in res) / max(t for _, t in res) / 1e9
+            own = ray.get([own_copy_consumer.remote(url, config(mode), normalize)
+                           for _ in range(N)])
+            own_per = min(gbps(b, t) for b, t, _ in own)
+            own_read = sum(r for _, _, r in own)
+            print(f"| {mode} | {N} | {per:.2f} ({per / raw:.2f}x memmap) | {agg:.2f} | "
+                  f"{read / ep:.2f}x | {own_per:.2f} | {own_read / ep:.2f}x |")
     ray.shutdown()
 
 

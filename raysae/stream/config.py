@@ -23,7 +23,13 @@ ORDER_FIELDS = ("batch_size", "shuffle_window", "shuffle_shards", "seed", "epoch
 class StreamConfig:
     # --- batch order -------------------------------------------------------------------
     batch_size: int = 4096            # rows per batch (Gemma Scope: 4,096)
-    shuffle_window: int = 65536       # rows permuted together inside each window; <=1: none
+    # Rows permuted together inside each window of an epoch; <= 1: none. The caching job
+    # already shuffles rows inside each shard (Gemma Scope's ~1e6-row buckets), so 0 reads
+    # each batch as one contiguous shard slice that brokers put with no extra copy; a
+    # window gathers rows one by one (~0.3x a memmap read vs a zero-copy view, BENCHMARKS.md).
+    # A window earns its cost when training cycles the cache several times (fresh batch
+    # compositions every epoch): sweeps/tiny.yaml sets one.
+    shuffle_window: int = 0
     shuffle_shards: bool = True       # a fresh seeded shard order in every epoch
     seed: int = 0
     epochs: int | None = None         # None: cycle epochs forever (the trainer stops)
