@@ -177,3 +177,25 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(cluster, tmp_pa
         sae = next(r["sae_url"] for r in rows if r["trial_id"] == tid)
         assert os.stat(os.path.join(sae, "params.npz")).st_mtime_ns == stamp
     assert "frontier:" in p.stdout and "res:1" in p.stdout
+
+
+def test_user_search_algorithm_and_scheduler(cluster, tmp_path):
+    """The Python API takes a Tune searcher and scheduler: Optuna multi-objective over λ
+    (grid axes become choices it understands) with ASHA stopping on FVU."""
+    optuna_search = pytest.importorskip("ray.tune.search.optuna")
+    from ray.tune.schedulers import ASHAScheduler
+
+    config = from_dict(SweepConfig, spec(
+        tmp_path, "search", widths=[64, 128], tokens=256 * 40,
+        sparsity={"distribution": "loguniform", "low": 1e-3, "high": 1e-1, "num_samples": 2}))
+    result = run_sweep(
+        config, verbose=0,
+        search_alg=optuna_search.OptunaSearch(metric=["eval/l0", "eval/fvu"], mode=["min", "min"],
+                                              seed=0),
+        scheduler=ASHAScheduler(metric="fvu", mode="min", time_attr="step", max_t=40,
+                                grace_period=10))
+    assert len(result.results) == 4 and all(r.error is None for r in result.results)
+    lams = [r.metrics["config"]["sparsity_coefficient"] for r in result.results]
+    assert len(set(lams)) == 4 and all(1e-3 <= x <= 1e-1 for x in lams)  # sampled, not a grid
+    assert {r.metrics["config"]["width"] for r in result.results} <= {64, 128}
+    assert len(frontier.read_frontier(result.sweep_url)) == 4

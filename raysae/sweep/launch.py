@@ -55,19 +55,37 @@ class SweepResult:
         return storage.join(self.sweep_url, frontier_lib.PNG_NAME)
 
 
-def param_space(config: SweepConfig, extra: dict | None = None) -> dict:
-    """The Tune search space: grid over sites × widths (× λ grid), or λ from a distribution."""
+def param_space(config: SweepConfig, extra: dict | None = None, searcher: bool = False) -> dict:
+    """The Tune search space: grid over sites × widths (× λ grid), or λ from a distribution.
+
+    With a user's search algorithm (`searcher`), axes become what searchers understand
+    (Optuna, HyperOpt, ... reject grid_search): one value stays a constant, several values
+    become `tune.choice`.
+    """
     sp = config.sparsity
+
+    def axis(values: list):
+        if not searcher:
+            return tune.grid_search(list(values))
+        return values[0] if len(values) == 1 else tune.choice(list(values))
+
     if sp.grid:
-        lam = tune.grid_search(list(sp.grid))
+        lam = axis(list(sp.grid))
     elif sp.distribution == "loguniform":
         lam = tune.loguniform(sp.low, sp.high)
     else:
         lam = tune.uniform(sp.low, sp.high)
-    space = {"site": tune.grid_search(list(config.sites)),
-             "width": tune.grid_search(list(config.widths)), "sparsity_coefficient": lam}
+    space = {"site": axis(list(config.sites)), "width": axis(list(config.widths)),
+             "sparsity_coefficient": lam}
     space.update(extra or {})
     return space
+
+
+def num_samples(config: SweepConfig, searcher: bool) -> int:
+    """Trials per grid point (no searcher), or trials in all (a searcher samples each one)."""
+    if not searcher:
+        return 1 if config.sparsity.grid else config.sparsity.num_samples
+    return config.num_trials()
 
 
 def _storage(config: SweepConfig) -> tuple[str, Any]:
@@ -138,13 +156,13 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, param_space_extra: d
         else:
             if resume:
                 log.warning("--resume: Tune has no state at %s yet; starting the trials", exp_path)
-            sp = config.sparsity
+            searcher = search_alg is not None
             tuner = tune.Tuner(
                 trainable,
-                param_space=param_space(config, param_space_extra),
+                param_space=param_space(config, param_space_extra, searcher),
                 tune_config=tune.TuneConfig(
                     search_alg=search_alg, scheduler=scheduler,
-                    num_samples=1 if sp.grid else sp.num_samples,
+                    num_samples=num_samples(config, searcher),
                     max_concurrent_trials=config.concurrency or None,
                     trial_name_creator=lambda t: trial_name(t.config),
                     trial_dirname_creator=lambda t: f"{trial_name(t.config)}-{t.trial_id}"),
