@@ -140,7 +140,9 @@ def test_killed_trial_restarts_from_its_checkpoint(cluster, tmp_path):
     (m,) = final_results(result).values()
     assert result.results[0].error is None
     assert m["pid"] != killed["pid"]                    # a new worker process finished it
-    assert 100 <= m["restored_step"] <= killed["step"]  # from a checkpoint, not from scratch
+    # From a checkpoint, not from scratch (the step seen in Tune's result.json lags the
+    # trial, so the checkpoint it restored may be newer than the step the killer read).
+    assert killed["step"] >= 200 and 100 <= m["restored_step"] < 12000
     assert m["restored_step"] % 100 == 0
     assert m["step"] == 12000 and "eval/fvu" in m
 
