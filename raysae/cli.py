@@ -17,8 +17,22 @@ import importlib
 import os
 import sys
 
-EMBEDDED = {"tiny": os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                                 "sweeps", "tiny.yaml")}
+def _preset_dirs() -> list[str]:
+    """Where the shipped sweep presets are: the source tree's sweeps/ (a checkout or an
+    editable install), then <prefix>/share/raysae/sweeps (a wheel install)."""
+    repo = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "sweeps")
+    return [repo, os.path.join(sys.prefix, "share", "raysae", "sweeps")]
+
+
+def _preset(name: str) -> str:
+    for d in _preset_dirs():
+        path = os.path.join(d, f"{name}.yaml")
+        if os.path.exists(path):
+            return path
+    return os.path.join(_preset_dirs()[0], f"{name}.yaml")  # the error will name this path
+
+
+EMBEDDED = {"tiny": _preset("tiny")}
 # name -> module with add_parser(subparsers) and run(args)
 PLUGINS = {"cache": "raysae.activations.cli", "eval": "raysae.evals.cli"}
 
