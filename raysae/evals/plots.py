@@ -51,17 +51,15 @@ def frontier_point(report, url: str) -> str:
 def per_position(report, url: str) -> str:
     plt = _figure()
     p = report.per_position
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(9, 3.5))
-    nan = float("nan")
-    a1.plot(range(len(p["fvu"])), [nan if v is None else v for v in p["fvu"]], lw=0.8)
-    a1.set_xlabel("token position")
-    a1.set_ylabel("FVU")
-    a1.set_xscale("symlog", linthresh=1)
-    a2.plot(range(len(p["delta_loss"])), [nan if v is None else v for v in p["delta_loss"]], lw=0.8, color="C1")
-    a2.set_xlabel("token position (predicting the next)")
-    a2.set_ylabel("delta LM loss (nats)")
-    a2.set_xscale("symlog", linthresh=1)
-    for a in (a1, a2):
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+    panels = (("fvu", "token position", "FVU", "C0"),
+              ("delta_loss", "token position (predicting the next)", "delta LM loss (nats)", "C1"))
+    for a, (key, xlabel, ylabel, color) in zip(axes, panels):
+        a.plot(range(len(p[key])), [float("nan") if v is None else v for v in p[key]],
+               lw=0.8, color=color)
+        a.set_xlabel(xlabel)
+        a.set_ylabel(ylabel)
+        a.set_xscale("symlog", linthresh=1)
         a.grid(alpha=0.3)
     fig.suptitle(_title(report), fontsize=9)
     fig.subplots_adjust(wspace=0.3)
