@@ -129,3 +129,5 @@ def test_two_worker_jax_trainer_matches_single_process(tmp_path):
 
 if __name__ == "__main__":
     _process_main(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
+    sys.stdout.flush()
+    os._exit(0)  # skip XLA's runtime teardown, which can abort at exit after the work is done

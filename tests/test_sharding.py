@@ -207,4 +207,8 @@ def test_config_override_picks_the_mesh(checks):
 
 
 if __name__ == "__main__":
-    print(json.dumps(_run_checks()))
+    print(json.dumps(_run_checks()), flush=True)
+    # Skip interpreter teardown: XLA's CPU runtime with 8 simulated devices sometimes aborts
+    # in its destructors at exit ("terminate called ... exception not rethrown") after all
+    # checks have passed and their results are printed.
+    os._exit(0)
