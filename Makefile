@@ -20,8 +20,14 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q tests
 
+# Every benchmark in bench/; BENCHMARKS.md records their figures with the exact commands.
 bench: $(STAMP)
 	$(PY) bench/step.py
+	$(PY) bench/lm.py
+	$(PY) bench/cache.py
+	$(PY) bench/stream.py
+	$(PY) bench/evals.py
+	$(PY) bench/sweep.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
