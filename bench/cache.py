@@ -161,7 +161,7 @@ def main() -> None:
     p.add_argument("--d", type=int, default=2_048)
     p.add_argument("--repeat", type=int, default=3)
     a = p.parse_args()
-    ray.init(include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
     print(f"cores: {os.cpu_count()}, cluster: {ray.cluster_resources()}")
     if a.part in ("all", "tiny"):

@@ -79,24 +79,20 @@ def bench_step(d: int, M: int, B: int, dtype: str, iters: int, *, mesh_shape=Non
     """Time the train step (unsharded, or on a (data, model) mesh of all devices)."""
     jax = _jax()
     import numpy as np
-    from raysae.train import TrainConfig, init_state, jit_train_step
+    from raysae.train import TrainConfig, init_state
     from raysae.train.mesh import make_mesh, step_flops
     from raysae.train.sharded import ShardedStep, place_state, prefetch
 
     config = TrainConfig(width=M, batch_size=B, compute_dtype=dtype, lr=1e-4)
     x_host = np.random.default_rng(0).normal(size=(B, d)).astype(np.float32) / np.sqrt(d)
     state = init_state(config, d)
-    if mesh_shape is None:
-        step = jit_train_step(config)
-        place = jax.device_put
-        compiled = step.lower(state, place(x_host)).compile()
-    else:
-        mesh = make_mesh(*mesh_shape)
-        step = ShardedStep(config, mesh)
-        state = place_state(state, mesh)
-        place = lambda b: jax.make_array_from_process_local_data(  # noqa: E731
-            step.batch_sharding, b, b.shape)
-        compiled = step.lower(state, place(x_host)).compile()
+    # The training loop's own step (a 1x1 mesh for one device), on raw batches divided by C.
+    mesh = make_mesh(*(mesh_shape or (1, 1)), devices=None if mesh_shape else jax.devices()[:1])
+    step = ShardedStep(config, mesh, norm_scalar=1.0)
+    state = place_state(state, mesh)
+    place = lambda b: jax.make_array_from_process_local_data(  # noqa: E731
+        step.batch_sharding, b, b.shape)
+    compiled = step.lower(state, place(x_host)).compile()
     x = place(x_host)
     holder = {"state": state}
     if feed == "host":

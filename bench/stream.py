@@ -1,8 +1,8 @@
-"""Benchmark of the shared activation stream (issue 6): read paths, throughput, read amplification.
+"""Benchmark of the shared activation stream: read paths, throughput, read amplification.
 
     .venv/bin/python bench/stream.py [--d 2304] [--shards 8] [--rows 8192] [--epochs 16]
                                      [--consumers 1,2,4,8] [--batch 4096] [--buffer 16]
-                                     [--modes contiguous-raw,contiguous-norm,window-raw]
+                                     [--modes contiguous,window]
 
 Writes a synthetic float32 cache (Gemma 2 2B residual width by default) to a temp dir,
 then, in one run:
@@ -14,9 +14,8 @@ then, in one run:
    dataset bytes;
 5. N consumers each reading their own copy with `LocalStream` (the no-sharing baseline).
 Modes: `contiguous` = shuffle_window 0 (a batch is a slice of one shard, put zero copy),
-`window` = shuffle_window 4 x batch (rows gathered one by one); `raw` = normalize=False
-(the trainer divides by C on device; float32 batches are the object store's buffer),
-`norm` = normalize=True (each consumer divides by C into its own copy).
+`window` = shuffle_window 4 x batch (rows gathered one by one). Batches are raw (the
+trainer divides by C on its device); a float32 batch is the object store's buffer.
 Consumer GB/s is steady state: timed from the first batch after the brokers' initial
 ring (filled before the consumers start) to the last. Ratios are within this run.
 Prints markdown tables.
@@ -32,9 +31,9 @@ import time
 import numpy as np
 import ray
 
-from raysae.activations.shards import Manifest
-from raysae.stream import BatchStream, LocalStream, StreamConfig, start_brokers, stop_brokers
-from raysae.stream.synthetic import write_synthetic_cache
+from raysae.data import LocalStream, Manifest, StreamConfig
+from raysae.data.synthetic import write_synthetic_cache
+from raysae.stream import BatchStream, start_brokers, stop_brokers
 
 
 def gbps(nbytes: float, secs: float) -> float:
@@ -60,14 +59,13 @@ def ray_data_read(url: str, m: Manifest) -> float:
     return gbps(total, time.perf_counter() - t)
 
 
-MODES = {"contiguous-raw": (0, False), "contiguous-norm": (0, True),
-         "window-raw": (None, False), "window-norm": (None, True)}  # (window, normalize)
+MODES = {"contiguous": 0, "window": None}  # shuffle_window (None: 4 x batch)
 
 
 def timed(it, skip: int):
     """Bytes and seconds from batch `skip` on (earlier ones were buffered before the start)."""
     n, t0 = 0, None
-    for i, (_, b) in enumerate(it):
+    for i, b in enumerate(it):
         if i == skip:
             t0 = time.perf_counter()
         elif i > skip:
@@ -76,16 +74,16 @@ def timed(it, skip: int):
 
 
 @ray.remote(num_cpus=0)
-def shared_consumer(handle, cid, normalize, skip):
-    s = BatchStream(handle, consumer_id=cid, normalize=normalize)
+def shared_consumer(handle, cid, skip):
+    s = BatchStream(handle, consumer_id=cid)
     n, t = timed(s, skip)
     s.close()
     return n, t
 
 
 @ray.remote(num_cpus=0)
-def own_copy_consumer(url, cfg, normalize):
-    s = LocalStream(url, cfg, normalize=normalize)
+def own_copy_consumer(url, batch, cfg):
+    s = LocalStream(url, batch, cfg)
     n, t = timed(s, 0)
     return n, t, s.stats.bytes_read
 
@@ -99,7 +97,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=4096)
     ap.add_argument("--buffer", type=int, default=16)
     ap.add_argument("--consumers", default="1,2,4,8")
-    ap.add_argument("--modes", default="contiguous-raw,contiguous-norm,window-raw",
+    ap.add_argument("--modes", default="contiguous,window",
                     help=f"comma-separated, of {list(MODES)}")
     ap.add_argument("--brokers", type=int, default=1)
     ap.add_argument("--object-store-gib", type=float, default=2.0)
@@ -111,7 +109,7 @@ def main() -> None:
     modes = args.modes.split(",")
     # Pre-faulting plasma memory at start-up (Ray's preallocate_plasma_memory) makes ray.put a
     # plain memcpy instead of a page-fault-bound copy: ~2x put throughput measured here.
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              object_store_memory=int(args.object_store_gib * 2**30),
              _system_config={"preallocate_plasma_memory": not args.no_preallocate})
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -120,9 +118,8 @@ def main() -> None:
     data_bytes = sum(s.rows for s in m.shards) * m.row_bytes
 
     def config(mode: str, **kw) -> StreamConfig:
-        window = MODES[mode][0]
-        return StreamConfig(batch_size=args.batch, epochs=args.epochs,
-                            buffer_batches=args.buffer,
+        window = MODES[mode]
+        return StreamConfig(epochs=args.epochs, buffer_batches=args.buffer,
                             shuffle_window=4 * args.batch if window is None else window,
                             num_brokers=args.brokers,
                             prefault_object_store=not args.no_prefault, **kw)
@@ -136,8 +133,8 @@ def main() -> None:
     rd = max(ray_data_read(url, m) for _ in range(2))
     rows = [("raw numpy memmap read (copy)", raw), ("Ray Data read_numpy", rd)]
     for mode in modes:
-        n, t = timed(LocalStream(url, config(mode), normalize=MODES[mode][1]), 0)
-        view = " (zero-copy memmap views)" if mode == "contiguous-raw" else ""
+        n, t = timed(LocalStream(url, args.batch, config(mode)), 0)
+        view = " (zero-copy memmap views)" if mode == "contiguous" else ""
         rows.append((f"LocalStream, 1 process, {mode}{view}", gbps(n, t)))
     print("| path | GB/s | vs memmap |\n|---|---:|---:|")
     for name, v in rows:
@@ -147,17 +144,15 @@ def main() -> None:
           "own copy: read amplification |\n|---|---:|---:|---:|---:|---:|---:|")
     ep = args.epochs * data_bytes
     for mode in modes:
-        normalize = MODES[mode][1]
         for N in (int(x) for x in args.consumers.split(",")):
             c = config(mode, expect_consumers=N)
-            h = start_brokers(url, c, name=f"bench-{mode}-{N}")
-            res = ray.get([shared_consumer.remote(h, f"c{k}", normalize, args.buffer)
-                           for k in range(N)])
-            read = sum(s["bytes_read"] for s in ray.get([a.stats.remote() for a in h.actors]))
+            h = start_brokers(url, args.batch, c, name=f"bench-{mode}-{N}")
+            res = ray.get([shared_consumer.remote(h, f"c{k}", args.buffer) for k in range(N)])
+            read = sum(s.bytes_read for s in ray.get([a.stats.remote() for a in h.actors]))
             stop_brokers(h)
             per = min(gbps(b, t) for b, t in res)
             agg = sum(b for b, _ in res) / max(t for _, t in res) / 1e9
-            own = ray.get([own_copy_consumer.remote(url, config(mode), normalize)
+            own = ray.get([own_copy_consumer.remote(url, args.batch, config(mode))
                            for _ in range(N)])
             own_per = min(gbps(b, t) for b, t, _ in own)
             own_read = sum(r for _, _, r in own)

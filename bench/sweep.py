@@ -27,7 +27,9 @@ def main() -> None:
     import ray
 
     from raysae.cli import sweep_file
-    from raysae.sweep import load_sweep, prepare_data, run_sweep
+    from raysae.sweep import load_sweep
+    from raysae.sweep.launch import run_sweep
+    from raysae.sweep.prepare import prepare_data
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--file", default="tiny")
@@ -37,7 +39,7 @@ def main() -> None:
     root = tempfile.mkdtemp(prefix="raysae-bench-sweep-")
     base = [f"storage={root}", f"data.cache_url={root}/cache", "final_eval.enabled=false",
             *args.overrides]
-    ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False)
     prepare_data(load_sweep(sweep_file(args.file), base + ["name=prep"]))  # cache once, untimed
     out = {}
     for shared in (True, False):

@@ -4,10 +4,9 @@
     raysae cache ...      (raysae/activations/cli.py)
     raysae eval ...       (raysae/evals/cli.py)
 
-`raysae sweep tiny` runs the embedded sweeps/tiny.yaml. A bad sweep file (unknown key,
-bad value, missing data) is reported in one line naming the field, exit status 2, before
-Ray starts. Subcommands of other packages are imported lazily, so one that is missing or
-broken does not take the others down.
+`raysae sweep tiny` runs the embedded sweeps/tiny.yaml. A bad sweep file is reported in one
+line naming the field (exit status 2) before Ray starts. Every subcommand reads its config
+the same way: the YAML file, then its flags, then `--set` (`raysae.config.load_config`).
 """
 
 from __future__ import annotations
@@ -43,10 +42,14 @@ def sweep_file(name: str) -> str:
 
 
 def _add_sweep(subparsers) -> None:
+    from raysae.config import set_help
+    from raysae.sweep.spec import SweepConfig
+
     p = subparsers.add_parser(
         "sweep", help="train a sweep of SAEs on Ray Tune (sites x widths x λ)",
         description="Run the sweep in FILE (any fsspec URL, or 'tiny' for the embedded demo) "
-                    "on the Ray cluster in RAY_ADDRESS / --address, or a local one.")
+                    "on the Ray cluster in RAY_ADDRESS / --address, or a local one.",
+        epilog=set_help(SweepConfig), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file", help="sweep YAML (see sweeps/tiny.yaml), or 'tiny'")
     p.add_argument("--resume", action="store_true",
                    help="finish an interrupted sweep (Tuner.restore): finished trials are kept, "
@@ -60,12 +63,12 @@ def _add_sweep(subparsers) -> None:
 
 
 def run_sweep_command(args: argparse.Namespace) -> int:
-    from raysae.config import ConfigError
+    from raysae.config import ConfigError, load_config
     from raysae.sweep.prepare import validate
-    from raysae.sweep.spec import load_sweep
+    from raysae.sweep.spec import SweepConfig
 
     try:
-        config = load_sweep(sweep_file(args.file), args.overrides)
+        config = load_config(SweepConfig, sweep_file(args.file), overrides=args.overrides)
         validate(config)
     except ConfigError as e:
         print(f"raysae sweep: error: {e}", file=sys.stderr)
@@ -97,7 +100,10 @@ def run_sweep_command(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> tuple[argparse.ArgumentParser, dict[str, str]]:
+    from raysae import __version__
+
     parser = argparse.ArgumentParser(prog="raysae", description="JumpReLU SAE sweeps on Ray")
+    parser.add_argument("--version", action="version", version=f"raysae {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_sweep(sub)
     unavailable = {}

@@ -1,10 +1,10 @@
-"""Typed config loading: dataclasses from dicts / YAML, with errors that name the field.
+"""Typed config loading: dataclasses from YAML, flags and ``--set``, with errors naming the field.
 
-Every config in raysae is a (frozen) dataclass. `from_dict` builds one from plain data
-(as parsed from YAML or given on the command line), recursing into nested dataclasses,
-checking types, rejecting unknown keys and reporting the dotted path of the bad field,
-e.g. ``sweep.train.lr: expected a number, got 'fast'``. `apply_overrides` implements
-``--set a.b=value``. The same objects are the Python API, so there is one source of truth.
+Every config in raysae is a (frozen) dataclass; the same objects are the Python API.
+`from_dict` builds one from plain data, recursing into nested dataclasses, checking types
+and rejecting unknown keys with the dotted path of the bad field (``train.lr: expected a
+number, got 'fast'``). `load_config` is the one loader every CLI uses: the YAML file, then
+the command's flags, then ``--set a.b=value`` overrides, in that order.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from typing import Any, Mapping, TypeVar
+from typing import Any, Mapping, Sequence, TypeVar
 
 import yaml
 
@@ -140,36 +140,123 @@ def check(condition: bool, field: str, message: str) -> None:
         raise ConfigError(f"{field}: {message}")
 
 
-def apply_overrides(data: dict, overrides: list[str]) -> dict:
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key given twice in one mapping (instead of last-wins)."""
+
+
+def _unique_mapping(loader, node, deep=False):
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(f"line {key_node.start_mark.line + 1}: key {key!r} is given twice")
+        seen.add(key)
+    return loader.construct_mapping(node, deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _unique_mapping)
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """YAML text -> plain data; bad YAML and duplicate keys raise ConfigError naming `where`."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except ConfigError as e:
+        raise ConfigError(f"{where}: {e}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{where}: not valid YAML{at}: {problem}") from None
+
+
+def set_path(data: dict, dotted: str, value: Any) -> None:
+    """data[a][b][c] = value for dotted = "a.b.c" (creating mappings on the way)."""
+    parts = dotted.strip().split(".")
+    node = data
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: {p} is not a mapping")
+    node[parts[-1]] = value
+
+
+def apply_overrides(data: dict, overrides: Sequence[str]) -> dict:
     """Apply ``a.b.c=value`` strings (value parsed as YAML) to a nested plain dict, in place."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key=value")
         key, raw = item.split("=", 1)
-        parts = key.strip().split(".")
-        node = data
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {key}: {p} is not a mapping")
-        node[parts[-1]] = yaml.safe_load(raw)
+        set_path(data, key, parse_yaml(raw, f"--set {key.strip()}"))
     return data
 
 
-def load_yaml(cls: type[T], url: str, overrides: list[str] | None = None) -> T:
-    """Load dataclass `cls` from a YAML file at any fsspec URL; errors name the file."""
+def read_yaml(url: str) -> dict:
+    """The mapping in a YAML file at any fsspec URL; errors name the file."""
     from raysae import storage
 
     try:
         with storage.open_url(url, "r") as f:
-            data = yaml.safe_load(f) or {}
+            text = f.read()
     except FileNotFoundError:
         raise ConfigError(f"{url}: file not found") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{url}: not valid YAML ({e})") from None
-    if overrides:
-        apply_overrides(data, overrides)
+    except OSError as e:
+        raise ConfigError(f"{url}: cannot read ({type(e).__name__}: {e})") from None
+    data = parse_yaml(text, url)
+    if data is None:
+        raise ConfigError(f"{url}: the file is empty")
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{url}: expected a mapping of fields, got {type(data).__name__}")
+    return dict(data)
+
+
+def load_config(cls: type[T], url: str | None = None, flags: Mapping[str, Any] | None = None,
+                overrides: Sequence[str] = ()) -> T:
+    """A config from a YAML file, then flags, then ``--set`` overrides (later wins).
+
+    Args:
+        cls: the config dataclass.
+        url: a YAML file (any fsspec URL), or None to start from the defaults.
+        flags: dotted field -> value from a command's flags (None values are skipped).
+        overrides: ``field=value`` strings, values parsed as YAML.
+    Raises:
+        ConfigError naming the file and the dotted field.
+    """
+    data = read_yaml(url) if url else {}
+    for dotted, value in (flags or {}).items():
+        if value is not None:
+            set_path(data, dotted, value)
+    apply_overrides(data, overrides)
     try:
         return from_dict(cls, data)
     except ConfigError as e:
-        raise ConfigError(f"{url}: {e}") from None
+        raise ConfigError(f"{url}: {e}" if url else str(e)) from None
+
+
+def load_yaml(cls: type[T], url: str, overrides: Sequence[str] | None = None) -> T:
+    """`load_config` from a file and ``--set`` overrides only."""
+    return load_config(cls, url, overrides=overrides or ())
+
+
+def field_paths(cls: type, prefix: str = "") -> list[str]:
+    """Dotted names of every leaf field of a config dataclass (what ``--set`` accepts)."""
+    hints = typing.get_type_hints(cls)
+    out = []
+    for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
+        tp = hints[f.name]
+        name = f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(tp):
+            out += field_paths(tp, name + ".")
+        else:
+            out.append(name)
+    return out
+
+
+def set_help(cls: type) -> str:
+    """An argparse epilog listing the fields ``--set`` accepts."""
+    import textwrap
+
+    return "fields for --set (values parsed as YAML):\n" + textwrap.fill(
+        ", ".join(field_paths(cls)), width=88, initial_indent="  ", subsequent_indent="  ")

@@ -108,3 +108,14 @@ def atomic_write(url: str) -> Iterator[io.BytesIO]:
 def is_temp_name(name: str) -> bool:
     """True for the temporary files `atomic_write` leaves behind when killed mid-write."""
     return ".tmp-" in name
+
+
+def pyarrow_filesystem(url: str):
+    """(path, pyarrow filesystem or None) for libraries that take pyarrow filesystems (Tune,
+    Ray Train): a local path stays a path; anything else is its fsspec filesystem wrapped."""
+    if is_local(url):
+        return os.path.abspath(url.removeprefix("file://")), None
+    import pyarrow.fs
+
+    fs, path = fs_and_path(url)
+    return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))

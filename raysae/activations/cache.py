@@ -1,22 +1,10 @@
 """`cache_activations`: text or tokens in, shuffled activation shards + a manifest per site out.
 
-The job, in order (everything that can fail on bad input fails before the LM runs):
-
-1. check the model (shapes from config.json only), every site against it, the inputs
-   (exist, non-empty) and that the output URL is writable;
-2. per site: a complete `manifest.json` whose config matches (`config_mismatch`) is reused
-   as is; a `progress.json` journal from an interrupted run with the same config says which
-   shards are already written; anything that does not match is an error naming the field
-   (`overwrite=True` starts that site afresh);
-3. tokenize (Ray Data tasks), plan the shards (`shuffle.plan_shards`, a pure function of the
-   tokens and seed, so a rerun plans the same shards), and run the missing ones on the LM
-   actor pool (`pipeline.build_shards`); after each shard the driver records it in the
-   journal, so a killed job loses at most the shards in flight;
-4. estimate C on the first `norm_sample_rows` rows of the (shuffled) cache and write the
-   manifest (`raysae.activations.shards.Manifest`) last: its presence means "complete".
-
-Sites are keyed by their canonical strings ("res:3", "transcoder:5"); each lives in
-``<output>/<kind>_<layer>/``.
+Everything that can fail on bad input fails before the LM runs (model, sites, inputs, a
+writable output). A complete cache whose config matches is reused; a `progress.json`
+journal lets an interrupted job resume with the shards it already wrote; a mismatch is an
+error naming the field (`overwrite=True` starts afresh). C is estimated on the first rows of
+the shuffled cache and the manifest is written last: its presence means "complete".
 """
 
 from __future__ import annotations
@@ -32,13 +20,14 @@ from typing import NamedTuple
 import numpy as np
 
 from raysae import storage
-from raysae.activations import lmsource, pipeline, shuffle, sources
-from raysae.activations.config import DATA_FIELDS, TRANSCODER, CacheConfig, parse_site, site_key
+from raysae.activations import pipeline, shuffle, sources
+from raysae.activations.config import DATA_FIELDS, CacheConfig
 from raysae.activations.progress import Progress
-from raysae.activations.shards import MANIFEST, Manifest, ShardError, ShardInfo, read_shard, write_shard
 from raysae.config import ConfigError, to_dict
-from raysae.lm import Site
-from raysae.train.normalize import estimate_norm_scalar
+from raysae.data.normalize import estimate_norm_scalar
+from raysae.data.shards import MANIFEST, Manifest, ShardError, ShardInfo, read_shard, write_shard
+from raysae.lm.source import ModelSource
+from raysae.sites import SAESite
 
 JOURNAL = "progress.json"
 
@@ -75,11 +64,6 @@ class CacheSummary:
                 f"tokenize {self.tokenize_s:.1f} s)")
 
 
-def site_url(config: CacheConfig, key: str) -> str:
-    """Where the cache of one site lives."""
-    return pipeline.site_url(config.output, site_key(key))
-
-
 def inputs_digest(files: list[sources.InputFile]) -> str:
     """sha256 over the resolved input list (url, size): a changed corpus is a different cache."""
     return hashlib.sha256(json.dumps([[f.url, f.size] for f in files]).encode()).hexdigest()
@@ -87,7 +71,7 @@ def inputs_digest(files: list[sources.InputFile]) -> str:
 
 def manifest_config(config: CacheConfig, key: str, digest: str) -> dict:
     """The `config` block of a site's manifest: the job, the site and the input fingerprint."""
-    return {"cache": to_dict(config), "site": site_key(key), "inputs_sha256": digest,
+    return {"cache": to_dict(config), "site": str(SAESite.parse(key)), "inputs_sha256": digest,
             "python": sys.version.split()[0] if sources.STDLIB in config.inputs else None}
 
 
@@ -139,16 +123,15 @@ def _check_writable(url: str) -> None:
 def _site_dims(config: CacheConfig, lm) -> dict[str, tuple[int, list[str]]]:
     """{key: (d, parts)}; unknown sites or layers out of range raise ConfigError naming the site."""
     out = {}
-    for key in config.site_keys:
-        kind, layer = parse_site(key)
+    for site in config.sae_sites:
         try:
-            Site.check(Site(layer, "mlp" if kind == TRANSCODER else kind), lm.n_layers)
+            site.check(lm.n_layers)
         except ConfigError as e:
-            raise ConfigError(f"sites: {key}: {e} (model {config.model!r} has {lm.n_layers} layers)") from None
-        if kind == TRANSCODER:
-            out[key] = (lm.d_model, ["input", "target"])
+            raise ConfigError(f"sites: {site}: {e} (model {config.model!r} has {lm.n_layers} layers)") from None
+        if site.is_transcoder:
+            out[str(site)] = (lm.d_model, ["input", "target"])
         else:
-            out[key] = (lm.site_dim(kind), ["x"])
+            out[str(site)] = (lm.site_dim(site.input.kind), ["x"])
     return out
 
 
@@ -191,15 +174,14 @@ def build_cache(config: CacheConfig, overwrite: bool = False) -> CacheSummary:
     # Ray Data actors write shards from their own working directories: no relative paths.
     config = dataclasses.replace(
         config, output=storage.absolute(config.output),
-        inputs=[i if i == "python-stdlib" else storage.absolute(i) for i in config.inputs],
-        model=config.model if config.model == "tiny" or config.model.startswith("random:")
-        else storage.absolute(config.model))
-    lm = lmsource.lm_config(config)
+        inputs=[i if i == sources.STDLIB else storage.absolute(i) for i in config.inputs],
+        model=ModelSource(config.model).absolute().spec)
+    lm = ModelSource(config.model).config(config.model_layers)
     dims = _site_dims(config, lm)
     files = sources.resolve_inputs(config)
     digest = inputs_digest(files)
     _check_writable(config.output)
-    urls = {key: site_url(config, key) for key in dims}
+    urls = {key: config.site_url(key) for key in dims}
     summary = CacheSummary(manifests=dict(urls), reused=[])
     journals: dict[str, dict[int, ShardInfo]] = {}
     for key, (d, _) in dims.items():
@@ -270,11 +252,12 @@ def plan_cache(config: CacheConfig, files: list | None = None, lm=None) -> Cache
     """
     import ray
 
-    lm = lm or lmsource.lm_config(config)
+    source = ModelSource(config.model)
+    lm = lm or source.config(config.model_layers)
     files = files if files is not None else sources.resolve_inputs(config)
     if not ray.is_initialized():
         ray.init()
-    tokens, docs = pipeline.tokenize_files(files, config, lmsource.load_tokenizer(config, lm), lm)
+    tokens, docs = pipeline.tokenize_files(files, config, source.tokenizer(lm), lm)
     if config.max_tokens is not None:
         keep = np.cumsum((tokens != lm.pad_id).sum(1)) <= config.max_tokens
         tokens, docs = tokens[keep], docs[keep]
@@ -294,9 +277,10 @@ def _save_journal(config, key, url, digest, journal: dict, n_shards: int) -> Non
 def _finish(config, key, url, digest, journal, plan, dim, n_tokens) -> None:
     """Estimate C from the first rows of the cache and write the manifest (the "complete" mark)."""
     d, parts = dim
-    kind, layer = parse_site(key)
+    site = SAESite.parse(key)
+    kind = "transcoder" if site.is_transcoder else site.input.kind
     infos = [journal[k] for k in range(plan.n_shards)]
-    m = Manifest(model=config.model, site=kind, layer=layer, d=d, dtype=config.dtype, parts=parts,
+    m = Manifest(model=config.model, site=kind, layer=site.layer, d=d, dtype=config.dtype, parts=parts,
                  rows_per_shard=max(i.rows for i in infos), total_rows=sum(i.rows for i in infos),
                  tokens=n_tokens, shards=infos, config=manifest_config(config, key, digest))
     sample, have = [], 0

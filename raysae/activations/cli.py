@@ -3,10 +3,8 @@
     raysae cache [job.yaml] [--input URL ...] [--output URL] [--site res:3 ...] [--model tiny]
                  [--set field=value ...] [--overwrite] [--address auto]
 
-A YAML file holds a `CacheConfig` (field names as in raysae/activations/config.py); flags
-override it, `--set` overrides anything (values parsed as YAML). raysae/cli.py wires this in
-with ``add_parser(subparsers)`` and calls ``run(args)``; `main(argv)` runs it standalone
-(``python -m raysae.activations.cli``).
+A YAML file holds a `CacheConfig`; the flags override it and `--set` overrides anything
+(`raysae.config.load_config`). raysae/cli.py mounts this with ``add_parser(subparsers)``.
 """
 
 from __future__ import annotations
@@ -14,10 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-import yaml
-
-from raysae import storage
-from raysae.config import ConfigError, apply_overrides, from_dict
+from raysae.activations.config import CacheConfig
+from raysae.config import ConfigError, load_config, set_help
 
 _FLAGS = {"input": "inputs", "output": "output", "site": "sites", "model": "model",
           "context_length": "context_length", "batch_size": "batch_size", "dtype": "dtype",
@@ -27,7 +23,9 @@ _FLAGS = {"input": "inputs", "output": "output", "site": "sites", "model": "mode
 def add_parser(subparsers) -> argparse.ArgumentParser:
     p = subparsers.add_parser(
         "cache", help="cache LM activations (text or tokens in, shuffled shards + manifest out)",
-        description="Run the Ray Data caching job; a complete cache made by the same config is reused.")
+        description="Run the Ray Data caching job; a complete cache made by the same config is "
+                    "reused. Settings: the YAML file, then the flags, then --set.",
+        epilog=set_help(CacheConfig), formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_arguments(p)
     return p
 
@@ -36,15 +34,15 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="YAML file with a CacheConfig (any fsspec URL)")
     p.add_argument("--input", action="append", metavar="URL",
                    help="text/jsonl/parquet/.npy URL or glob, or 'python-stdlib' (repeatable)")
-    p.add_argument("--output", metavar="URL", help="cache root; each site gets <output>/<kind>_<layer>")
+    p.add_argument("--output", metavar="URL", help="cache root; each site gets <output>/<site>, e.g. res_3")
     p.add_argument("--site", action="append", metavar="SITE",
                    help="res:L, attn:L, mlp:L, mlp_in:L or transcoder:L (repeatable)")
     p.add_argument("--model", help="'tiny', a Gemma 2 checkpoint dir URL, or random:<preset>")
-    p.add_argument("--context-length", type=int)
+    p.add_argument("--context-length", type=int, help="tokens per sequence, BOS first (default 1024)")
     p.add_argument("--batch-size", type=int, help="sequences per LM forward")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], help="row storage dtype")
     p.add_argument("--rows-per-shard", type=int, help="rows per shard = shuffle bucket")
-    p.add_argument("--max-tokens", type=int)
+    p.add_argument("--max-tokens", type=int, help="cache at most this many tokens (default: all)")
     p.add_argument("--workers", type=int, help="LM actors (0 = one per GPU/TPU, else 1)")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="override any CacheConfig field (value parsed as YAML)")
@@ -53,30 +51,10 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--address", help="Ray cluster address (default: start a local one)")
 
 
-def load_config(args: argparse.Namespace):
+def cache_config(args: argparse.Namespace) -> CacheConfig:
     """The CacheConfig the arguments describe; errors name the file and field."""
-    from raysae.activations.config import CacheConfig
-
-    data = {}
-    if args.config:
-        try:
-            with storage.open_url(args.config, "r") as f:
-                data = yaml.safe_load(f) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"{args.config}: file not found") from None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{args.config}: not valid YAML ({e})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{args.config}: expected a mapping of CacheConfig fields")
-    for flag, field in _FLAGS.items():
-        value = getattr(args, flag, None)
-        if value is not None:
-            data[field] = value
-    apply_overrides(data, args.set)
-    try:
-        return from_dict(CacheConfig, data)
-    except ConfigError as e:
-        raise ConfigError(f"{args.config}: {e}" if args.config else str(e)) from None
+    flags = {field: getattr(args, flag, None) for flag, field in _FLAGS.items()}
+    return load_config(CacheConfig, args.config, flags, args.set)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -85,7 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from raysae.activations.sources import InputError
 
     try:
-        config = load_config(args)
+        config = cache_config(args)
         if args.address:
             import ray
 

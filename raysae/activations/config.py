@@ -1,13 +1,9 @@
-"""`CacheConfig`: what `raysae cache` reads, which model and sites it runs, and where it writes.
+"""`CacheConfig`: what `raysae cache` reads, which model and sites it runs, where it writes.
 
-One frozen dataclass (loaded from YAML / the CLI with `raysae.config.from_dict`), validated
-in `__post_init__` with errors that name the field. `DATA_FIELDS` lists the fields that
-decide the cached data itself: a cache on storage is reused only when these match (see
-`raysae.activations.cache.config_mismatch`); the others (batch size, workers, progress bar)
-only change how fast it is made.
-
-Sites are the strings of `raysae.lm.Site` ("res:12", "attn:3", "mlp:5", "mlp_in:5") plus
-"transcoder:L", the aligned (mlp_in:L -> mlp:L) pair a transcoder is trained on.
+`CacheOptions` holds the job's settings (context length, storage dtype, bucket size, LM
+batch, ...); `CacheConfig` adds what to cache (inputs, output, sites, model). A sweep embeds
+`CacheOptions` as its `data.cache` section and supplies the rest itself. `DATA_FIELDS` are
+the fields that decide the cached bytes: a cache on storage is reused only when they match.
 """
 
 from __future__ import annotations
@@ -15,11 +11,12 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from raysae import storage
 from raysae.config import ConfigError, check
-from raysae.lm import SITE_KINDS, Site
+from raysae.lm.source import RANDOM, TINY
+from raysae.sites import SAESite
 
 STDLIB = "python-stdlib"  # the offline corpus: this Python's own standard-library sources
-TRANSCODER = "transcoder"
 FORMATS = ("auto", "text", "jsonl", "parquet", "tokens")
 
 # Fields whose values decide the bytes of the cache (everything else is speed or display).
@@ -28,48 +25,23 @@ DATA_FIELDS = ("inputs", "format", "text_field", "max_input_bytes", "max_tokens"
                "rows_per_shard", "shuffle", "seed", "norm_sample_rows")
 
 
-def parse_site(text: str) -> tuple[str, int]:
-    """"res:3" -> ("res", 3); "transcoder:3" -> ("transcoder", 3). Errors name the site."""
-    if isinstance(text, str) and text.strip().startswith(TRANSCODER + ":"):
-        layer = text.strip().split(":", 1)[1]
-        if not layer.isdigit():
-            raise ConfigError(f"sites: {text!r}: layer {layer!r} is not a non-negative integer")
-        return TRANSCODER, int(layer)
-    try:
-        s = Site.parse(text)
-    except ConfigError as e:
-        raise ConfigError(f"sites: {e} (or 'transcoder:L')") from None
-    return s.kind, s.layer
+def parse_sites(sites: list[str], field: str = "sites") -> list[SAESite]:
+    """The sites of a job, each parsed and none twice; errors name the field."""
+    out = []
+    for i, text in enumerate(sites):
+        try:
+            out.append(SAESite.parse(text))
+        except ConfigError as e:
+            raise ConfigError(f"{field}[{i}]: {e}") from None
+    dup = sorted({str(s) for s in out if out.count(s) > 1})
+    check(not dup, field, f"{dup[0] if dup else ''} is listed twice")
+    return out
 
 
-def site_key(text: str) -> str:
-    """Canonical string of a site: "12:res" -> "res:12"."""
-    kind, layer = parse_site(text)
-    return f"{kind}:{layer}"
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CacheOptions:
+    """How a cache is made; defaults follow Gemma Scope (1,024-token sequences, ~1e6-row buckets)."""
 
-
-def site_dirname(key: str) -> str:
-    """Directory of a site's cache under the output root: "res:12" -> "res_12" (no ':' in paths)."""
-    kind, layer = parse_site(key)
-    return f"{kind}_{layer}"
-
-
-def lm_sites(key: str) -> tuple[Site, ...]:
-    """The LM sites a cache site needs from the forward pass."""
-    kind, layer = parse_site(key)
-    if kind == TRANSCODER:
-        return (Site(layer, "mlp_in"), Site(layer, "mlp"))
-    return (Site(layer, kind),)
-
-
-@dataclasses.dataclass(frozen=True)
-class CacheConfig:
-    """An activation-caching job; defaults follow Gemma Scope (1,024-token sequences, ~1e6-row buckets)."""
-
-    inputs: list[str]                      # fsspec URLs / globs of text or token files, or "python-stdlib"
-    output: str                            # root URL; each site gets <output>/<kind>_<layer>/
-    sites: list[str] = dataclasses.field(default_factory=lambda: ["res:0"])
-    model: str = "tiny"                    # "tiny", a Gemma 2 checkpoint dir URL, or "random:gemma-2-2b"
     model_dtype: Literal["float32", "bfloat16"] = "float32"
     model_layers: int | None = None        # random models only: keep the first N blocks
     format: Literal["auto", "text", "jsonl", "parquet", "tokens"] = "auto"
@@ -92,13 +64,6 @@ class CacheConfig:
     progress: bool = True
 
     def __post_init__(self):
-        check(isinstance(self.inputs, (list, tuple)) and len(self.inputs) > 0, "inputs",
-              "give at least one input URL (or 'python-stdlib')")
-        check(bool(self.output), "output", "give an output URL")
-        check(len(self.sites) > 0, "sites", "give at least one site, e.g. 'res:0'")
-        keys = [site_key(s) for s in self.sites]
-        dup = sorted({k for k in keys if keys.count(k) > 1})
-        check(not dup, "sites", f"{dup[0] if dup else ''} is listed twice")
         check(self.context_length >= 2, "context_length", f"must be >= 2, got {self.context_length}")
         check(self.min_tokens >= 1, "min_tokens", f"must be >= 1, got {self.min_tokens}")
         check(self.rows_per_shard >= self.context_length, "rows_per_shard",
@@ -112,13 +77,45 @@ class CacheConfig:
         for name in ("max_input_bytes", "max_tokens", "model_layers"):
             v = getattr(self, name)
             check(v is None or v >= 1, name, f"must be >= 1 (or null), got {v}")
-        check(self.model_layers is None or self.model.startswith("random:"), "model_layers",
+
+    def options(self) -> "CacheOptions":
+        """Just the settings (a CacheConfig without what to cache)."""
+        return CacheOptions(**{f.name: getattr(self, f.name)
+                               for f in dataclasses.fields(CacheOptions)})
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CacheConfig(CacheOptions):
+    """An activation-caching job: what to cache (these fields) and how (`CacheOptions`)."""
+
+    inputs: list[str]                      # fsspec URLs / globs of text or token files, or "python-stdlib"
+    output: str                            # root URL; each site gets <output>/<site slug>/
+    sites: list[str] = dataclasses.field(default_factory=lambda: ["res:0"])  # "res:3", "transcoder:5"
+    model: str = TINY                      # "tiny", a Gemma 2 checkpoint dir URL, or "random:gemma-2-2b"
+
+    def __post_init__(self):
+        super().__post_init__()
+        check(isinstance(self.inputs, (list, tuple)) and len(self.inputs) > 0, "inputs",
+              "give at least one input URL (or 'python-stdlib')")
+        check(bool(self.output), "output", "give an output URL")
+        check(len(self.sites) > 0, "sites", "give at least one site, e.g. 'res:0'")
+        parse_sites(self.sites)
+        check(self.model_layers is None or self.model.startswith(RANDOM), "model_layers",
               "only applies to random models ('random:<preset>')")
 
+    @classmethod
+    def build(cls, options: CacheOptions, **what) -> "CacheConfig":
+        """A job from settings plus inputs / output / sites / model."""
+        return cls(**{f.name: getattr(options, f.name) for f in dataclasses.fields(CacheOptions)},
+                   **what)
+
     @property
-    def site_keys(self) -> list[str]:
-        return [site_key(s) for s in self.sites]
+    def sae_sites(self) -> list[SAESite]:
+        return parse_sites(self.sites)
+
+    def site_url(self, site: "SAESite | str") -> str:
+        """Where one site's cache lives: ``<output>/<site slug>`` ("res_12", "transcoder_5")."""
+        return storage.join(self.output, SAESite.parse(site).slug)
 
 
-__all__ = ["CacheConfig", "DATA_FIELDS", "STDLIB", "TRANSCODER", "FORMATS", "SITE_KINDS",
-           "parse_site", "site_key", "site_dirname", "lm_sites"]
+__all__ = ["CacheOptions", "CacheConfig", "DATA_FIELDS", "STDLIB", "FORMATS", "parse_sites"]

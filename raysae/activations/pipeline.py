@@ -1,22 +1,11 @@
 """The Ray Data parts of a cache job: tokenize files in tasks, run the LM in an actor pool.
 
-Two datasets, both streamed by Ray Data's executor:
-
-1. `tokenize_files`: one row per input file -> `map_batches` tasks read and tokenize
-   `tokenize_files_per_task` files each -> (file, document, sequence [T]) rows, gathered on
-   the driver and put back in file order. Token data is ~4 bytes a position, tiny next to
-   activations, so the driver holding it is fine. Errors come back as rows, so the driver
-   raises the first bad file's `InputError` by name before any LM work starts.
-2. `build_shards`: one row per shard still to write (its sequences, as planned by
-   `shuffle.plan_shards`) -> `map_batches(ShardBuilder, batch_size=1)` on a pool of actors,
-   one model per actor (GPU/TPU resources when the cluster has them, CPU otherwise). An
-   actor runs one jitted forward per `batch_size` sequences that stops after the last layer
-   needed, keeps the unmasked positions (no BOS/EOS/pad), shuffles the shard's rows and
-   writes the shard atomically itself; the driver receives only its `ShardInfo`s and timings.
-   For storage other processes cannot see (memory://) the rows come back to the driver to write.
-
-Each actor times its work (LM forward + device->host, gather/shuffle, write) so the summary
-can split wall time between the LM and Ray Data / I/O.
+`tokenize_files`: tasks read and tokenize files; the driver gathers the (small) token arrays
+in file order, and a bad file's `InputError` comes back by name before any LM work.
+`build_shards`: an actor pool (one LM per actor, on GPUs / TPUs when the cluster has them)
+turns the sequences of each planned shard into that shard at every site: one forward that
+stops after the last layer needed, unmasked positions only, rows shuffled, written
+atomically by the actor (or by the driver for storage other processes cannot see).
 """
 
 from __future__ import annotations
@@ -30,10 +19,11 @@ from typing import Callable, Iterator
 import numpy as np
 import ray
 
-from raysae.activations import lmsource, shuffle
-from raysae.activations.config import lm_sites, site_dirname
-from raysae.activations.shards import ShardInfo, write_shard
+from raysae.activations import shuffle
 from raysae.activations.sources import InputError, InputFile, file_sequences
+from raysae.data.shards import ShardInfo, write_shard
+from raysae.lm.source import ModelSource
+from raysae.sites import SAESite
 
 
 def row_mask(tokens: np.ndarray, lm) -> np.ndarray:
@@ -102,7 +92,7 @@ def tokenize_files(files: list[InputFile], config, tokenizer, lm) -> tuple[np.nd
 
 
 def _lm_site_tuple(keys: list[str]):
-    return tuple(sorted({s for k in keys for s in lm_sites(k)}))
+    return tuple(sorted({s for k in keys for s in SAESite.parse(k).lm_sites}))
 
 
 class ShardBuilder:
@@ -112,7 +102,8 @@ class ShardBuilder:
         from raysae.lm import site_activations  # jax is imported in the actor, not the driver
 
         self.config, self.write = config, write
-        self.model = lmsource.load_model(config)
+        self.model = ModelSource(config.model).load(config.model_dtype, seed=config.seed,
+                                                    layers=config.model_layers)
         self.lm = self.model.config
         self._site_activations = site_activations
 
@@ -140,7 +131,7 @@ class ShardBuilder:
         t1 = time.perf_counter()
         rows = {}
         for key in keys:
-            parts = [acts[s] for s in lm_sites(key)]
+            parts = [acts[s] for s in SAESite.parse(key).lm_sites]
             x = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)  # input | target
             rows[key] = shuffle.shuffle_rows(x, self.config.seed, k, self.config.shuffle)
         t2 = time.perf_counter()
@@ -149,7 +140,7 @@ class ShardBuilder:
                "lm_s": np.array([t1 - t0]), "shuffle_s": np.array([t2 - t1])}
         if self.write:
             infos = {key: dataclasses.asdict(write_shard(
-                         site_url(self.config.output, key), k, r, self.config.dtype))
+                         self.config.site_url(key), k, r, self.config.dtype))
                      for key, r in rows.items()}
             out["infos"] = np.array([json.dumps(infos)], dtype=object)
         else:
@@ -158,10 +149,6 @@ class ShardBuilder:
             out["infos"] = np.array([""], dtype=object)
         out["write_s"] = np.array([time.perf_counter() - t2])
         return out
-
-
-def site_url(output: str, key: str) -> str:
-    return output.rstrip("/") + "/" + site_dirname(key)
 
 
 def resources(config) -> tuple[str, int, dict]:
@@ -214,5 +201,5 @@ def build_shards(config, tokens: np.ndarray, plan: shuffle.ShardPlan, todo: dict
                "write_s": float(batch["write_s"][0]) + time.perf_counter() - t0}
 
 
-__all__ = ["row_mask", "shared_storage", "tokenize_files", "ShardBuilder", "site_url",
+__all__ = ["row_mask", "shared_storage", "tokenize_files", "ShardBuilder",
            "resources", "build_shards"]

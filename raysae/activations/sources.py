@@ -1,22 +1,11 @@
 """Inputs of a cache job: files at fsspec URLs turned into fixed-length token sequences.
 
-`resolve_inputs(config)` expands the config's inputs (URLs, globs, or the offline corpus
-"python-stdlib") into a sorted, deterministic list of `InputFile`s, checking that each one
-exists and is not empty before any work starts. `file_sequences(file, ...)` reads one file
-and returns its sequences; it is what the Ray Data tokenize tasks run.
-
-Formats (by extension when `format: auto`):
-
-- text (``.txt .md .py .rst`` and anything else): the whole file is one document (UTF-8);
-- jsonl (``.jsonl .json``): one document per line, the string field `text_field`;
-- parquet (``.parquet``): one document per row of column `text_field` (strings);
-- tokens (``.npy``; or parquet with `format: tokens`): pre-tokenized ids, one document per
-  1-D array / per row of a 2-D array (trailing pad ids dropped) / per list in the column.
-
-Every document becomes sequences of `context_length` tokens, each starting with BOS: the
-document's tokens are cut into pieces of context_length - 1 and BOS is put in front of each
-(padding fills the last). A piece with fewer than `min_tokens` real tokens is dropped.
-Compressed files (``.gz``, ``.zst`` ...) are read through fsspec's compression inference.
+`resolve_inputs(config)` expands URLs, globs and the offline corpus "python-stdlib" into a
+sorted list of `InputFile`s, each checked to exist and be non-empty before any work;
+`file_sequences` reads one file (what the Ray Data tokenize tasks run). Formats by extension:
+text (one document per file), jsonl / parquet (field `text_field`), tokens (.npy, or parquet
+with `format: tokens`); compressed files are read through fsspec. Each document becomes
+sequences of `context_length` tokens, BOS first.
 """
 
 from __future__ import annotations

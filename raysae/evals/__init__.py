@@ -14,10 +14,10 @@ pieces), `step` (the jitted per-batch program), `accumulate` (host-side running 
 
 from raysae.evals.config import EvalConfig
 from raysae.evals.data import EvalTokens, tokens_from_array, tokens_from_texts
-from raysae.evals.suite import check_inputs, eval_tokens, evaluate, parse_sites
+from raysae.evals.suite import check_inputs, eval_tokens, evaluate
 from raysae.evals.metrics import r_l0_per_token
 from raysae.evals.report import EvalReport, read_report, write_report
 
 __all__ = ["EvalConfig", "EvalTokens", "tokens_from_array", "tokens_from_texts", "check_inputs",
-           "eval_tokens", "evaluate", "parse_sites", "r_l0_per_token", "EvalReport", "read_report",
+           "eval_tokens", "evaluate", "r_l0_per_token", "EvalReport", "read_report",
            "write_report"]

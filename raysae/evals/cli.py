@@ -1,11 +1,11 @@
 """`raysae eval` (and `python -m raysae.evals`): evaluate one SAE file on one site of a model.
 
     raysae eval --sae gs://b/sae/params.npz --model tiny --site res:2 --text 'data/*.txt' --out runs/eval1
-    raysae eval --sae runs/tc --site 'mlp_in:1->mlp:1' --tokens toks.npy --num-sequences 256
+    raysae eval --sae runs/tc --site transcoder:1 --tokens toks.npy --num-sequences 256
 
-Settings come from `--config eval.yaml` (an EvalConfig), then `--set field=value`, then the
-flags below. Writes eval.json, frequencies.npy and PNGs under --out, and prints the headline
-numbers. `add_parser(subparsers)` / `run(args)` let raysae/cli.py mount this as a subcommand.
+Settings come from `--config eval.yaml` (an EvalConfig), then the flags, then `--set
+field=value` (`raysae.config.load_config`). Writes eval.json, frequencies.npy and PNGs under
+--out and prints the headline numbers. raysae/cli.py mounts this with `add_parser`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ import argparse
 import json
 import sys
 
-from raysae.config import ConfigError, apply_overrides, from_dict, load_yaml, to_dict
+from raysae.config import ConfigError, load_config, set_help
+from raysae.evals.config import EvalConfig
 
 FLAGS = {  # flag dest -> EvalConfig field
     "num_sequences": "num_sequences", "context_length": "context_length", "batch_size": "batch_size",
@@ -26,7 +27,7 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--model", default="tiny", help="'tiny' or a Hugging Face Gemma 2 checkpoint dir URL "
                    "(another checkpoint than the SAE's = transfer eval)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--site", required=True, help="e.g. res:2, attn:0, mlp:3, or mlp_in:1->mlp:1 (transcoder)")
+    p.add_argument("--site", required=True, help="e.g. res:2, attn:0, mlp:3, or transcoder:1")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", action="append", metavar="URL",
                      help="text file, directory or glob (repeatable); .jsonl reads the 'text' field")
@@ -50,45 +51,40 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     """Register `eval` on an argparse subparsers object; the handler is `run`."""
     p = subparsers.add_parser("eval", help="evaluate an SAE: L0, FVU, delta LM loss, per position, "
                               "firing frequency, r_L0", description=__doc__,
+                              epilog=set_help(EvalConfig),
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    _configure(p)
-    p.set_defaults(func=run)
-    return p
+    return _configure(p)
 
 
-def eval_config(args):
-    """The EvalConfig from --config, --set and the flags (later wins)."""
-    from raysae.evals.config import EvalConfig
-
-    data = to_dict(load_yaml(EvalConfig, args.config)) if args.config else {}
-    apply_overrides(data, list(args.set))
-    for dest, field in FLAGS.items():
-        if getattr(args, dest) is not None:
-            data[field] = getattr(args, dest)
+def eval_config(args) -> EvalConfig:
+    """The EvalConfig from --config, then the flags, then --set."""
+    flags = {field: getattr(args, dest) for dest, field in FLAGS.items()}
     if args.ablations is not None:
-        data["ablations"] = [] if args.ablations == "none" else [a.strip() for a in args.ablations.split(",") if a]
+        flags["ablations"] = [] if args.ablations == "none" else \
+            [a.strip() for a in args.ablations.split(",") if a]
     for flag, field in (("no_r_l0", "r_l0"), ("no_per_position", "per_position"), ("no_pack", "pack"),
                         ("no_progress", "progress")):
         if getattr(args, flag):
-            data[field] = False
-    return from_dict(EvalConfig, data, "eval")
+            flags[field] = False
+    return load_config(EvalConfig, args.config, flags, args.set)
 
 
 def run(args) -> int:
     """Run `raysae eval` from parsed args; returns the exit code (errors print one line, code 2)."""
-    from raysae.evals.suite import check_inputs, evaluate, parse_sites
+    from raysae.evals.suite import check_inputs, evaluate
     from raysae.evals.inputs import iter_texts, load_sae, read_tokens
     from raysae.evals.report import write_report
     from raysae.lm.api import load_lm
     from raysae.lm.weights import CheckpointError
     from raysae.sae.formats import SAEFormatError
+    from raysae.sites import SAESite
 
     try:
         config = eval_config(args)
         sae = load_sae(args.sae)
-        in_site, out_site = parse_sites(args.site)
+        site = SAESite.parse(args.site)
         model = load_lm(args.model, args.dtype)
-        check_inputs(sae, model.config, in_site, out_site, model_name=model.name)
+        check_inputs(sae, model.config, site, model_name=model.name)
         source = {"texts": iter_texts(args.text)} if args.text else {"tokens": read_tokens(args.tokens)}
         report = evaluate(sae, model, args.site, config=config, sae_name=args.sae, **source)
     except (ConfigError, SAEFormatError, CheckpointError, FileNotFoundError, ValueError) as e:
@@ -103,5 +99,6 @@ def run(args) -> int:
 
 def main(argv=None) -> int:
     parser = _configure(argparse.ArgumentParser(prog="python -m raysae.evals", description=__doc__,
+                                                epilog=set_help(EvalConfig),
                                                 formatter_class=argparse.RawDescriptionHelpFormatter))
     return run(parser.parse_args(argv))

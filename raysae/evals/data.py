@@ -61,7 +61,17 @@ def _pack_stream(stream: np.ndarray, bos_id: int, pad_id: int, context_length: i
 
 def tokens_from_texts(tokenizer, texts: Iterable[str], context_length: int, num_sequences: int,
                       pack: bool = True) -> EvalTokens:
-    """Rows of token ids from raw texts with the LM's tokenizer (see the module docstring)."""
+    """Rows of token ids from raw texts with the LM's tokenizer.
+
+    Args:
+        tokenizer: the LM's tokenizer.
+        texts: documents, read lazily until there are enough tokens.
+        context_length: tokens per row, BOS first.
+        num_sequences: rows wanted.
+        pack: join documents by EOS and cut full rows (else one document per row, padded).
+    Returns:
+        `EvalTokens` (tokens and attention mask).
+    """
     if tokenizer is None:
         raise ValueError("the model has no tokenizer: pass token arrays instead of texts")
     bos, eos, pad = tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id

@@ -1,23 +1,12 @@
 """The per-batch eval program: one jitted function from a token batch to summed statistics.
 
-Cost per batch (L = the site's layer): one forward up to the residual entering block L, then
-from there one partial forward for the clean loss (which also reads the site), one with the SAE
-spliced in, and one per ablation; r_L0 adds a forward and backward from the site. So delta loss costs
-one extra forward from the site on, not a second full forward. Clean and spliced passes run the
-same code from the same residual, so an SAE whose reconstruction equals its input gives a delta
-loss of exactly 0.
-
-r_L0 (Gemma Scope App. C.3) is exact: each token t gets y_t = f_t ⊙ (W_dec ∇_{x̂_t} L_t) with L_t
-its own centred correct logit, all from ONE backward of Σ_t L_t. A plain backward of that sum would
-give Σ_{t' ≥ t} ∂L_t'/∂x̂_t, later tokens reading x̂_t through attention keys and values; the
-r_L0 pass runs the LM with `diagonal_kv_grad` (keys/values pass gradient only to their own
-query, forward values unchanged), which removes exactly those cross terms (`token_attribution`).
-
-The SAE runs on raw activations (folded / released params, no pre-encoder bias) in float32 and
-replaces the site only at positions that count (not BOS, EOS or pad); elsewhere the original
-activations stay, as do the ablations. For a transcoder the site pair is (mlp_in:L, mlp:L): the
-SAE reads mlp_in and replaces the MLP output, and its reconstruction is scored against the clean
-MLP output. Everything returned is a sum (or a batch moment) so that batches combine on the host.
+Per batch: one forward up to the site's layer, then partial forwards from there for the clean
+loss, the SAE spliced in and each ablation (delta loss costs one partial forward, and an SAE
+that reconstructs exactly gives delta loss exactly 0). r_L0 (App. C.3) is exact per token:
+one backward with the LM's `diagonal_kv_grad` gives each token the gradient of its own
+metric. The SAE (folded, raw space) replaces the site only at positions that count; a
+transcoder reads mlp_in and replaces the MLP output. Everything returned is a sum or a
+batch moment, so batches combine on the host.
 """
 
 from __future__ import annotations
@@ -29,7 +18,8 @@ import jax
 import jax.numpy as jnp
 
 from raysae.lm.api import loss_mask, target_mask
-from raysae.lm.config import LMConfig, Site
+from raysae.lm.config import LMConfig
+from raysae.sites import Site
 from raysae.lm.model import embed, forward, forward_from, next_token_losses
 from raysae.sae.model import decode, encode
 from raysae.sae.params import SAEParams

@@ -32,39 +32,20 @@ from raysae.evals.metrics import log10_frequency_histogram
 from raysae.evals.report import EvalReport
 from raysae.evals.step import batch_stats, site_sum
 from raysae.lm.api import LanguageModel
-from raysae.lm.config import LMConfig, Site
+from raysae.lm.config import LMConfig
+from raysae.sites import SAESite
 from raysae.sae.params import SAEParams
 
 
-def parse_sites(site) -> tuple[Site, Site]:
-    """"res:2" -> (res:2, res:2); "mlp_in:1->mlp:1" or a (Site, Site) pair -> a transcoder pair."""
-    if isinstance(site, str) and "->" in site:
-        a, b = site.split("->", 1)
-        pair = (Site.parse(a), Site.parse(b))
-    elif isinstance(site, tuple) and len(site) == 2 and not isinstance(site[0], int):
-        pair = (Site.parse(site[0]), Site.parse(site[1]))
-    else:
-        s = Site.parse(site)
-        return s, s
-    a, b = pair
-    if (a.kind, b.kind) != ("mlp_in", "mlp") or a.layer != b.layer:
-        raise ConfigError(f"site {a}->{b}: a transcoder pair must be mlp_in:L->mlp:L")
-    return a, b
-
-
-def site_name(in_site: Site, out_site: Site) -> str:
-    return str(in_site) if in_site == out_site else f"{in_site}->{out_site}"
-
-
-def check_inputs(sae: SAEParams, config: LMConfig, in_site: Site, out_site: Site, tokens=None,
+def check_inputs(sae: SAEParams, config: LMConfig, site: SAESite, tokens=None,
                  model_name: str = "model") -> None:
     """Raise ConfigError naming the mismatch: missing layer, SAE width vs site width, bad token ids."""
-    for s in {in_site, out_site}:
+    for s in set(site.lm_sites):
         if not 0 <= s.layer < config.n_layers:
             raise ConfigError(f"site {s}: model {model_name!r} has layers 0..{config.n_layers - 1}, "
                               f"no layer {s.layer}")
-    for name, got, s in (("d_in (W_enc rows)", sae.W_enc.shape[0], in_site),
-                         ("d_out (W_dec columns)", sae.W_dec.shape[1], out_site)):
+    for name, got, s in (("d_in (W_enc rows)", sae.W_enc.shape[0], site.input),
+                         ("d_out (W_dec columns)", sae.W_dec.shape[1], site.target)):
         want = config.site_dim(s.kind)
         if got != want:
             raise ConfigError(f"SAE {name} is {got} but site {s} of model {model_name!r} has width {want}")
@@ -108,21 +89,22 @@ def _progress(enabled: bool, total: int, label: str):
 
 def evaluate(sae: SAEParams, model: LanguageModel, site, *, texts: Iterable[str] | None = None,
              tokens=None, config: EvalConfig | None = None, sae_name: str | None = None) -> EvalReport:
-    """Evaluate a folded SAE (or transcoder, site "mlp_in:L->mlp:L") at `site` of `model`.
+    """Evaluate a folded SAE (or transcoder, site "transcoder:L") at `site` of `model`.
 
     Exactly one of `texts` (tokenized with the model's tokenizer) or `tokens` (EvalTokens, an int
     array [N, T] of rows or a 1-D stream) gives the eval set; `config` says how much of it and
     which extras to compute. Returns an EvalReport (numbers + config), see `write_report`.
     """
     config = config or EvalConfig()
-    in_site, out_site = parse_sites(site)
-    check_inputs(sae, model.config, in_site, out_site, model_name=model.name)
+    site = SAESite.parse(site)
+    in_site, out_site = site.input, site.target
+    check_inputs(sae, model.config, site, model_name=model.name)
     data = eval_tokens(model, config, texts=texts, tokens=tokens)
-    check_inputs(sae, model.config, in_site, out_site, data.tokens, model_name=model.name)
+    check_inputs(sae, model.config, site, data.tokens, model_name=model.name)
     sae = SAEParams(*(jnp.asarray(a, jnp.float32) for a in sae))
     bs = min(config.batch_size, data.num_sequences)
     n_batches = -(-data.num_sequences // bs)
-    name = site_name(in_site, out_site)
+    name = str(site)
 
     with _progress(config.progress, n_batches * (2 if "mean" in config.ablations else 1),
                    f"eval {name}") as advance:

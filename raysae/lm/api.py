@@ -1,33 +1,27 @@
 """The language model as the rest of raysae uses it: load, read sites, per-token losses.
 
-`load_lm("tiny")` gives the embedded byte-level Gemma 2 (raysae/lm/tiny/, checksum verified);
-`load_lm(url)` a Hugging Face Gemma 2 checkpoint dir at any fsspec URL. `site_activations` and
-`token_losses` are jitted wrappers around `raysae.lm.model.forward` (config, sites and splice
-are static: pass the same splice function objects to reuse a compiled program; to trace SAE
-params instead of baking them in, jit around `model.forward` yourself).
+`load_lm(source)` loads any `ModelSource` ("tiny", "random:<preset>", a checkpoint URL).
+`site_activations` and `token_losses` are jitted wrappers around `raysae.lm.model.forward`
+(config, sites and splice are static: pass the same splice function objects to reuse a
+compiled program, or `splice_params` to trace SAE params).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
-import json
-import os
 from typing import Any, Iterable, Mapping
 
 import jax
 import jax.numpy as jnp
 
-from raysae.lm.config import LMConfig, Site
+from raysae.lm.config import LMConfig
+from raysae.sites import Site
 from raysae.lm.model import embed, forward, forward_from, next_token_losses
-from raysae.lm.tokenizer import ByteTokenizer, HFTokenizer, tokenizer_from_json
-from raysae.lm.weights import CheckpointError, load_config, load_params
-from raysae.storage import exists, join, read_bytes
+from raysae.lm.source import TINY_DIR, ModelSource
+from raysae.lm.tokenizer import ByteTokenizer, HFTokenizer
 
-TINY_DIR = os.path.join(os.path.dirname(__file__), "tiny")
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
-_DTYPES = DTYPES  # older name, kept for callers that already use it
 
 
 @dataclasses.dataclass(eq=False)
@@ -45,41 +39,13 @@ class LanguageModel:
 
 
 def load_lm(source: str, dtype: str = "float32") -> LanguageModel:
-    """"tiny" (the embedded model) or a Hugging Face Gemma 2 checkpoint dir URL (local, gs://, ...)."""
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype {dtype!r} is not one of {sorted(_DTYPES)}")
-    url, name = (TINY_DIR, "tiny") if source == "tiny" else (source, source.rstrip("/").split("/")[-1])
-    if source == "tiny":
-        _verify_tiny()
-    config = load_config(url)
-    params = load_params(url, config, _DTYPES[dtype])
-    return LanguageModel(config, params, load_tokenizer(url, config), name)
+    """The model named by `source` ("tiny", "random:<preset>" or a Gemma 2 checkpoint dir URL)."""
+    return ModelSource(source).load(dtype)
 
 
 def load_tokenizer(source: str, config: LMConfig | None = None):
-    """The tokenizer of "tiny" or a checkpoint dir, without loading weights (None if it has none).
-
-    The embedded model's config.json names its byte tokenizer; real checkpoints carry
-    `tokenizer.json` (special ids from `config`, read from config.json when not given).
-    """
-    url = TINY_DIR if source == "tiny" else source
-    hf = json.loads(read_bytes(join(url, "config.json")))
-    if "raysae_tokenizer" in hf:
-        return tokenizer_from_json(hf["raysae_tokenizer"])
-    if exists(join(url, "tokenizer.json")):
-        config = config or LMConfig.from_hf(hf, where=join(url, "config.json"))
-        return HFTokenizer.from_url(join(url, "tokenizer.json"), config.bos_id, config.eos_id, config.pad_id)
-    return None
-
-
-def _verify_tiny() -> None:
-    path = os.path.join(TINY_DIR, "model.safetensors")
-    if not os.path.exists(path):
-        raise CheckpointError(f"{path}: the embedded tiny model is missing; run `python -m raysae.lm.train_tiny`")
-    want = open(os.path.join(TINY_DIR, "model.safetensors.sha256")).read().split()[0]
-    got = hashlib.sha256(open(path, "rb").read()).hexdigest()
-    if got != want:
-        raise CheckpointError(f"{path}: sha256 {got} does not match model.safetensors.sha256 ({want})")
+    """The tokenizer of `source` without loading weights (None if it has none)."""
+    return ModelSource(source).tokenizer(config)
 
 
 def loss_mask(tokens: jax.Array, config: LMConfig, attention_mask: jax.Array | None = None) -> jax.Array:
@@ -163,7 +129,7 @@ def _prep(model: LanguageModel, tokens, attention_mask):
 
 def site_activations(model: LanguageModel, tokens, sites: Iterable, attention_mask=None) -> dict:
     """{Site: [B, T, site_dim]} from one jitted forward that stops after the last layer needed."""
-    sites = tuple(sorted({Site.check(Site.parse(s), model.config.n_layers) for s in sites}))
+    sites = tuple(sorted({Site.parse(s).check(model.config.n_layers) for s in sites}))
     tokens, attention_mask = _prep(model, tokens, attention_mask)
     return _sites_jit(model.params, model.config, tokens, attention_mask, sites)
 

@@ -1,54 +1,16 @@
-"""Gemma 2 shapes and the named sites SAEs are trained on.
+"""Gemma 2 shapes: `LMConfig` (what the forward pass needs) and the released sizes.
 
-`LMConfig` holds what the forward pass needs (shapes, soft-caps, window, special token ids);
-presets cover the released Gemma 2 sizes and `from_hf` reads a Hugging Face `config.json`.
-`Site` names one activation site, e.g. ``Site(12, "res")`` or ``Site.parse("res:12")``; the
-string form ``"res:12"`` is what YAML files and the CLI use.
+Presets cover Gemma 2 2B / 9B / 27B; `from_hf` reads a Hugging Face `config.json`. Sites
+(`raysae.sites.Site`) are re-exported here for `from raysae.lm import Site`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Mapping
 
 from raysae.config import ConfigError
-
-# attn: concatenated heads (o_proj input); mlp: after post-feedforward norm; res: residual
-# after the block; mlp_in: after pre-feedforward norm (transcoder input).
-SITE_KINDS = ("attn", "mlp", "res", "mlp_in")
-
-
-class Site(NamedTuple):
-    layer: int
-    kind: str
-
-    @classmethod
-    def parse(cls, text: "str | Site | tuple") -> "Site":
-        """``"res:12"`` (or ``"12:res"``, or an existing Site / (layer, kind) pair) -> Site."""
-        if isinstance(text, Site):
-            return text
-        if isinstance(text, tuple) and len(text) == 2:
-            return cls.check(cls(int(text[0]), str(text[1])))
-        parts = str(text).strip().split(":")
-        if len(parts) != 2:
-            raise ConfigError(f"site {text!r}: expected 'kind:layer' such as 'res:12'")
-        a, b = parts
-        kind, layer = (a, b) if not a.lstrip("-").isdigit() else (b, a)
-        if not layer.lstrip("-").isdigit():
-            raise ConfigError(f"site {text!r}: layer {layer!r} is not an integer")
-        return cls.check(cls(int(layer), kind))
-
-    @staticmethod
-    def check(site: "Site", n_layers: int | None = None) -> "Site":
-        if site.kind not in SITE_KINDS:
-            raise ConfigError(f"site {site.kind}:{site.layer}: kind {site.kind!r} is not one of {list(SITE_KINDS)}")
-        if site.layer < 0 or (n_layers is not None and site.layer >= n_layers):
-            bound = f"0..{n_layers - 1}" if n_layers is not None else ">= 0"
-            raise ConfigError(f"site {site.kind}:{site.layer}: layer must be in {bound}")
-        return site
-
-    def __str__(self) -> str:
-        return f"{self.kind}:{self.layer}"
+from raysae.sites import SITE_KINDS, Site  # noqa: F401  (re-exported: raysae.lm.Site)
 
 
 @dataclasses.dataclass(frozen=True)

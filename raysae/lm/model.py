@@ -1,28 +1,13 @@
 """Gemma 2 forward pass in pure JAX, with named sites, splicing and resuming mid-model.
 
-Matches Hugging Face transformers' `Gemma2ForCausalLM` (checked against fixtures in
-tests/fixtures/): embeddings x sqrt(d_model) cast to the activation dtype; RMSNorm in float32
-with (1 + w); GQA with RoPE (rotate-half); q.k scaled by query_pre_attn_scalar^-1/2, soft-capped
-tanh(x/50)*50 *before* masking; even layers attend to a sliding window (query i sees keys
-j with i - window < j <= i), odd layers globally; GeGLU with tanh GELU; norms after both branches;
-final norm, tied unembedding, final soft-cap 30.
-
-Params are a plain pytree in Hugging Face orientation (Linear weights [out, in]) so checkpoints
-load without transposes:
-  {"embed_tokens": [V, D], "norm": [D], "layers": [ {input_layernorm, q_proj, k_proj, v_proj,
-   o_proj, post_attention_layernorm, pre_feedforward_layernorm, gate_proj, up_proj, down_proj,
-   post_feedforward_layernorm}, ... ]}
-Layers are a Python list (an unrolled loop) so a forward can stop after the last site needed and
-splice arbitrary functions at any site. Everything here is jittable with `config`, `sites`,
-`splice` and `diagonal_kv_grad` static (see `raysae.lm.api` for jitted wrappers).
-
-`diagonal_kv_grad=True` changes only the backward pass: every attention the forward runs lets
-gradient reach a position's key and value only from that position's own query (query i sees
-stop_gradient(k_j), stop_gradient(v_j) for j != i, the live k_i, v_i on the diagonal). Values are
-unchanged, but a position's residual stream then influences, in the backward, only its own later
-stream, so one backward of Σ_t L_t gives ∂L_s/∂x_s at every position s at once (a causal model's
-L_s never depends on x_s through another position: keys before s do not see x_s). This is what
-Gemma Scope App. C.3's per-token attribution needs (see `raysae.evals.step`).
+Matches Hugging Face's `Gemma2ForCausalLM` (fixtures in tests/fixtures/): scaled embeddings,
+float32 RMSNorm with (1 + w), GQA with RoPE, attention soft-capped before masking, sliding
+windows on even layers, GeGLU, norms after both branches, tied unembedding, final soft-cap.
+Params are a plain pytree in Hugging Face orientation (Linear weights [out, in]); layers are
+an unrolled list, so a forward can stop after the last site needed and splice any function
+at any site. `diagonal_kv_grad=True` changes only the backward: a position's key and value
+get gradient only from its own query, so one backward of Σ_t L_t gives ∂L_s/∂x_s at every
+position at once (Gemma Scope App. C.3's per-token attribution, `raysae.evals.step`).
 """
 
 from __future__ import annotations
@@ -34,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from raysae.lm.config import LMConfig, Site
+from raysae.lm.config import LMConfig
+from raysae.sites import Site
 
 Params = dict
 # A splice maps a site's activations [B, T, d] to replacements of the same shape. A key may also
@@ -261,7 +247,7 @@ def forward_from(params: Params, config: LMConfig, layer: int, resid: jax.Array,
     applies to every attention run here; a site of layer L comes after block L's attention, so
     for gradients w.r.t. a site that is exactly "every attention after the site".
     """
-    sites = [Site.check(Site.parse(s), config.n_layers) for s in sites]
+    sites = [Site.parse(s).check(config.n_layers) for s in sites]
     for s in sites:
         if s.layer < layer:
             raise ValueError(f"site {s} is before the resume layer {layer}")

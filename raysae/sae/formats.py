@@ -21,6 +21,7 @@ import safetensors.numpy
 
 from raysae import storage
 from raysae.sae.params import SAEParams
+from raysae.sites import ATTN, SAESite
 
 NPZ_NAME = "params.npz"
 SAELENS_CFG = "cfg.json"
@@ -92,39 +93,25 @@ def load_npz(url: str) -> SAEParams:
     return validate_arrays(arrays, url)
 
 
-# raysae site kind -> the TransformerLens hook SAELens attaches an SAE to on Gemma 2.
-TL_HOOKS = {
-    "res": "blocks.{layer}.hook_resid_post",
-    "mlp": "blocks.{layer}.hook_mlp_out",
-    "attn": "blocks.{layer}.attn.hook_z",          # [.., heads, d_head]: SAELens reshapes
-    "mlp_in": "blocks.{layer}.ln2.hook_normalized",
-}
-
-
-def transformer_lens_hook(site: str) -> tuple[str, int]:
-    """("blocks.12.hook_resid_post", 12) for the raysae site "res:12" (a transcoder
-    "transcoder:L" reads at its input, mlp_in)."""
-    kind, _, layer = site.partition(":")
-    kind = "mlp_in" if kind == "transcoder" else kind
-    if kind not in TL_HOOKS or not layer.isdigit():
-        raise ValueError(f"site {site!r}: expected kind:layer with kind in "
-                         f"{sorted(TL_HOOKS) + ['transcoder']}")
-    return TL_HOOKS[kind].format(layer=int(layer)), int(layer)
-
-
 def saelens_config(params: SAEParams, *, model_name: str | None = None,
-                   hook_name: str | None = None, hook_layer: int | None = None,
-                   context_size: int | None = None, extra: dict | None = None,
-                   site: str | None = None) -> dict:
+                   site: "SAESite | str | None" = None, hook_name: str | None = None,
+                   hook_layer: int | None = None, context_size: int | None = None,
+                   extra: dict | None = None) -> dict:
     """cfg.json for a folded JumpReLU SAE (raw activation space, b_dec not applied to input).
 
-    `site` (a raysae site such as "res:12") sets the TransformerLens hook name and layer,
-    and for attention sites SAELens' hook_z reshaping of [.., heads, d_head] activations.
+    Args:
+        params: the folded SAE.
+        model_name: the model it was trained on.
+        site: a raysae site ("res:12", "transcoder:5"): sets the TransformerLens hook names
+            (and hook_z reshaping for attention sites); else give `hook_name` / `hook_layer`.
+        context_size: the training context length.
+        extra: raysae's own metadata (kept under the "raysae" key).
     """
     reshape = "none"
     if site is not None:
-        hook_name, hook_layer = transformer_lens_hook(site)
-        reshape = "hook_z" if site.startswith("attn:") else "none"
+        site = SAESite.parse(site)
+        hook_name, hook_layer = site.input.tl_hook, site.layer
+        reshape = "hook_z" if site.input.kind == ATTN else "none"
     meta = {
         "model_name": model_name, "hook_name": hook_name, "hook_layer": hook_layer,
         "hook_head_index": None, "model_class_name": "HookedTransformer",
@@ -137,11 +124,11 @@ def saelens_config(params: SAEParams, *, model_name: str | None = None,
         "apply_b_dec_to_input": False, "normalize_activations": "none",
         "reshape_activations": reshape, "meta": meta,
     }
-    if site is not None and site.startswith("transcoder:"):
+    if site is not None and site.is_transcoder:
         # App. B transcoder: mlp_in -> mlp at one layer (SAELens' JumpReLU transcoder).
         cfg.update(architecture="jumprelu_transcoder", d_out=int(params.W_dec.shape[1]),
-                   hook_name_out=TL_HOOKS["mlp"].format(layer=hook_layer),
-                   hook_layer_out=hook_layer, hook_head_index_out=None)
+                   hook_name_out=site.target.tl_hook, hook_layer_out=site.layer,
+                   hook_head_index_out=None)
     if extra:
         cfg["raysae"] = extra
     return cfg

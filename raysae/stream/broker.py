@@ -1,37 +1,17 @@
 """Batch brokers: Ray actors that put each batch of their slice in the object store once.
 
-`start_brokers(manifest_url, config, name)` creates (or finds) `config.num_brokers` named
-actors ``raysae-stream:<name>:<b>``. Broker b owns the contiguous slice of shards the
-`Plan` gives it; a producer thread builds its batches in order with a `SliceReader`,
-`ray.put`s each one once, and keeps a ring of the most recent `buffer_batches` refs.
-Batches are put as stored (float32, or bf16 bit patterns) and raw, not divided by C: the
-broker's only per-batch work is that one copy into the object store, and each consumer
-converts (`BatchStream(normalize=...)`). With a contiguous plan (`shuffle_window` <= 1)
-the put copies straight from the memory-mapped shard; a window shuffle first gathers
-rows into a buffer. The broker pre-faults its view of the object store at start
-(`raysae.stream.prefault`; ~4x faster puts until steady state).
-Consumers (`BatchStream`) call `fetch` to get a *block* of refs per call (an actor call
-costs milliseconds, reading a ref on the same node is zero copy).
+`start_brokers(manifest_url, batch_size, config, name)` creates (or finds, by name)
+`config.num_brokers` actors ``raysae-stream:<name>:<b>``. Broker b owns the slice of shards
+the `BatchPlan` gives it; a producer thread builds its batches in order (`SliceReader`),
+`ray.put`s each one once, raw and as stored, and keeps a ring of the last `buffer_batches`.
+Consumers (`raysae.stream.consumer`) fetch refs a block at a time.
 
-Late starters: with `expect_consumers=N` the producer does not move past its first ring
-until N consumers have joined (or `consumer_timeout_s` passed), so trials that Tune starts
-a few seconds apart all begin at batch 0 from the shared ring.
-
-Backpressure: the producer stays less than K batches ahead of the slowest *active*
-consumer (one heard from within `consumer_timeout_s`; closed consumers are forgotten at
-once), so nothing it still needs is evicted and the ring stays within the object store.
-A consumer that is behind the ring (restarted from an old checkpoint, or stalled past the
-timeout) does not hold the others back: `fetch` answers "behind" and the consumer loops
-over what it missed or skips, per `lag_policy`.
-
-Failure: brokers are restartable (`max_restarts`). A restarted broker has lost its ring
-(objects owned by a dead actor are gone) but nothing else: the `Plan` rebuilds any batch
-from the dataset, so it seeks to the position of the first consumer that asks and goes
-on. Consumers keep their own positions, so a broker's death never loses one.
-
-Multi-node: with `spread=True` brokers are placed on different nodes; a trial reads
-refs from a broker on its own node zero copy and from another node over Ray's object
-transfer (one network copy per batch per node, instead of one storage read per trial).
+Backpressure: the producer stays less than a ring ahead of the slowest active consumer (one
+heard from within `consumer_timeout_s`); a consumer behind the ring is told so and loops
+or skips by itself, so it never holds the others back. With `expect_consumers=N` the first
+ring is held until N consumers joined, so trials Tune starts seconds apart share it.
+A restarted broker has lost its ring but nothing else: it seeks to where the first consumer
+that asks is, and the plan rebuilds any batch.
 """
 
 from __future__ import annotations
@@ -44,12 +24,13 @@ from typing import Any, NamedTuple
 
 import ray
 
-from raysae.activations.shards import Manifest
 from raysae.config import ConfigError, check
-from raysae.stream.config import StreamConfig
-from raysae.stream.plan import Plan
+from raysae.data.config import StreamConfig
+from raysae.data.plan import BatchPlan
+from raysae.data.reader import ReadStats, ShardFiles, SliceReader
+from raysae.data.shards import Manifest
 from raysae.stream.prefault import populate_object_store
-from raysae.stream.reader import SliceReader
+from raysae.stream.protocol import BrokerStats, FetchReply, FetchStatus
 
 _MAX_CONCURRENCY = 64  # fetches long-poll; one in flight per consumer plus control calls
 
@@ -63,18 +44,33 @@ class BrokerHandle(NamedTuple):
 
     name: str
     manifest_url: str
+    batch_size: int
     config: StreamConfig
     actors: tuple  # ActorHandles, one per broker
 
+    def plan(self, manifest: Manifest | None = None) -> BatchPlan:
+        return BatchPlan(manifest or Manifest.load(self.manifest_url), self.batch_size, self.config)
+
+
+def shard_source(url: str, manifest: Manifest, config: StreamConfig, stats: ReadStats):
+    """Where a broker's reader gets shards: memory maps / fsspec, or Ray Data read tasks."""
+    if config.reader == "ray_data":
+        from raysae.stream.raydata import RayDataShards
+
+        return RayDataShards(url, manifest, config, stats)
+    return ShardFiles(url, manifest, config.verify, stats)
+
 
 class Broker:
-    """One broker (used as a Ray actor; see the module docstring)."""
+    """One broker of a stream, run as a Ray actor by `start_brokers`: a producer thread puts
+    its slice's batches in order; `fetch` hands consumers refs a block at a time."""
 
-    def __init__(self, manifest_url: str, config: StreamConfig, broker: int, start: int = 0):
+    def __init__(self, manifest_url: str, batch_size: int, config: StreamConfig, broker: int):
         self.url, self.config, self.broker = manifest_url, config, broker
         manifest = Manifest.load(manifest_url)
-        self.plan = Plan(manifest, config)
-        self.reader = SliceReader(manifest_url, manifest, self.plan, broker)
+        self.plan = BatchPlan(manifest, batch_size, config)
+        self.reader = SliceReader(manifest_url, manifest, self.plan, broker,
+                                  shard_source(manifest_url, manifest, config, ReadStats()))
         self.K = config.buffer_batches
         self.ring: dict[int, Any] = {}
         self.consumers: dict[str, list] = {}  # id -> [ack (local index), last seen]
@@ -82,8 +78,8 @@ class Broker:
         self.error: BaseException | None = None
         self.stopped = False
         self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
-        # a fresh broker starts at `start`; a restarted one waits for a consumer to say where
-        self.lo = self.hi = None if self.restarted else start
+        # a fresh broker starts at 0; a restarted one waits for a consumer to say where
+        self.lo = self.hi = None if self.restarted else 0
         self.idle_floor = self.lo
         self.joined: set[str] = set()  # every consumer ever seen (for expect_consumers)
         self.born = time.monotonic()
@@ -164,14 +160,15 @@ class Broker:
 
     # --- consumer calls ------------------------------------------------------------------
     def fetch(self, consumer: str, start: int, count: int, ack: int,
-              wait_s: float = 10.0, min_count: int = 1) -> dict:
+              wait_s: float = 10.0, min_count: int = 1) -> FetchReply:
         """Refs for local batches [start, start+count) that exist, waiting up to `wait_s`
         for the first. `ack`: the consumer's next needed batch (for backpressure).
         `min_count`: while the producer is still producing, wait until that many exist
         (a consumer caught up with the producer would otherwise pay one actor call per
         batch, which costs more than producing one).
 
-        Returns {"status": "ok"|"behind"|"end"|"wait", "refs": [...], "lo", "hi"}.
+        Returns:
+            A `FetchReply`: refs for [start, ...) with status OK, or BEHIND / END / WAIT.
         """
         left_in_plan = self.plan.broker_batches[self.broker]
         want = max(1, min(count, min_count,
@@ -187,17 +184,17 @@ class Broker:
                 if self.error is not None:
                     raise self.error
                 if not self.plan.has(self.broker, start):
-                    return {"status": "end", "refs": [], "lo": self.lo, "hi": self.hi}
+                    return FetchReply(FetchStatus.END, (), self.lo, self.hi)
                 if start < self.lo:
-                    return {"status": "behind", "refs": [], "lo": self.lo, "hi": self.hi}
+                    return FetchReply(FetchStatus.BEHIND, (), self.lo, self.hi)
                 left = deadline - time.monotonic()
                 if start < self.hi and (self.hi - start >= want or left <= 0
                                         or not self._can_produce()):
                     stop = min(self.hi, start + count)
-                    return {"status": "ok", "refs": [self.ring[k] for k in range(start, stop)],
-                            "lo": self.lo, "hi": self.hi}
+                    return FetchReply(FetchStatus.OK, tuple(self.ring[k] for k in range(start, stop)),
+                                      self.lo, self.hi)
                 if left <= 0:
-                    return {"status": "wait", "refs": [], "lo": self.lo, "hi": self.hi}
+                    return FetchReply(FetchStatus.WAIT, (), self.lo, self.hi)
                 self.cond.wait(left)
                 self.consumers[consumer][1] = time.monotonic()
 
@@ -207,21 +204,22 @@ class Broker:
             self.consumers.pop(consumer, None)
             self.cond.notify_all()
 
-    def describe(self) -> dict:
-        return {"manifest_url": self.url, "config": self.config, "broker": self.broker}
+    def describe(self) -> tuple[str, int, StreamConfig]:
+        """(manifest URL, batch size, config): what decides this broker's batches."""
+        return self.url, self.plan.batch_size, self.config
 
-    def stats(self) -> dict:
+    def stats(self) -> BrokerStats:
         now = time.monotonic()
         with self.cond:
-            return {"broker": self.broker, "lo": self.lo, "hi": self.hi,
-                    "restarted": self.restarted, "buffered": len(self.ring),
-                    "consumers": {c: {"ack": a, "idle_s": now - t}
-                                  for c, (a, t) in self.consumers.items()},
-                    "bytes_read": self.reader.stats.bytes_read,
-                    "rows_read": self.reader.stats.rows_read,
-                    "batches_built": self.reader.stats.batches,
-                    "prefaulted_bytes": self.prefaulted, **self.times,
-                    "error": repr(self.error) if self.error else None}
+            r = self.reader.stats
+            return BrokerStats(
+                broker=self.broker, lo=self.lo, hi=self.hi, restarted=self.restarted,
+                buffered=len(self.ring),
+                consumers={c: (a, now - t) for c, (a, t) in self.consumers.items()},
+                bytes_read=r.bytes_read, rows_read=r.rows_read, batches_built=r.batches,
+                prefaulted_bytes=self.prefaulted, wait_s=self.times["wait_s"],
+                build_s=self.times["build_s"], put_s=self.times["put_s"],
+                error=repr(self.error) if self.error else None)
 
     def pid(self) -> int:
         import os
@@ -235,7 +233,7 @@ class Broker:
             self.cond.notify_all()
 
 
-def _check_fits(plan: Plan, config: StreamConfig) -> None:
+def _check_fits(plan: BatchPlan, config: StreamConfig) -> None:
     """Rings must fit in the object store of a node, so nothing spills."""
     stores = [n["Resources"].get("object_store_memory", 0) for n in ray.nodes() if n["Alive"]]
     if not stores:
@@ -250,17 +248,24 @@ def _check_fits(plan: Plan, config: StreamConfig) -> None:
           f"object store ({min(stores) / 2**30:.2f} GiB)")
 
 
-def start_brokers(manifest_url: str, config: StreamConfig | None = None,
-                  name: str = "default", start: int = 0, detached: bool = False,
-                  num_cpus: float = 0.0) -> BrokerHandle:
-    """Create (or reuse, by name) the brokers of a stream; returns a `BrokerHandle`.
+def start_brokers(manifest_url: str, batch_size: int, config: StreamConfig | None = None,
+                  name: str = "default", num_cpus: float = 0.0) -> BrokerHandle:
+    """Create (or reuse, by name) the brokers of a stream.
 
-    `start`: the local index every new broker begins at (0 for a new sweep). Reusing
-    brokers with a different manifest or batch order raises ConfigError. `num_cpus=0`
-    by default so brokers never block trials from being scheduled.
+    Args:
+        manifest_url: the activation cache.
+        batch_size: rows per batch (the trainers' batch size).
+        config: order, reading and buffering settings.
+        name: the stream's name; trials find the brokers by it.
+        num_cpus: CPUs each broker reserves (0: brokers never block trials from scheduling).
+    Returns:
+        A picklable `BrokerHandle`.
+    Raises:
+        ConfigError when brokers of that name exist with another cache or batch order, or
+        the rings would not fit in the object store.
     """
     config = config or StreamConfig()
-    plan = Plan(Manifest.load(manifest_url), config)
+    plan = BatchPlan(Manifest.load(manifest_url), batch_size, config)
     _check_fits(plan, config)
     actor_cls = ray.remote(Broker)
     actors = []
@@ -268,30 +273,26 @@ def start_brokers(manifest_url: str, config: StreamConfig | None = None,
         opts: dict[str, Any] = dict(
             name=actor_name(name, b), get_if_exists=True, max_restarts=config.max_restarts,
             max_task_retries=0, max_concurrency=_MAX_CONCURRENCY, num_cpus=num_cpus)
-        if detached:
-            opts["lifetime"] = "detached"
         if config.spread:
             opts["scheduling_strategy"] = "SPREAD"
-        actors.append(actor_cls.options(**opts).remote(manifest_url, config, b, start))
+        actors.append(actor_cls.options(**opts).remote(manifest_url, batch_size, config, b))
     for b, a in enumerate(actors):
-        d = ray.get(a.describe.remote())
-        if d["manifest_url"] != manifest_url or d["config"].order_key() != config.order_key():
-            raise ConfigError(f"stream {name!r}: broker {b} already exists for "
-                              f"{d['manifest_url']} with a different batch order; "
-                              f"pick another name or stop it (stop_brokers)")
-    return BrokerHandle(name, manifest_url, config, tuple(actors))
+        url, bs, cfg = ray.get(a.describe.remote())
+        if url != manifest_url or cfg.order_key(bs) != config.order_key(batch_size):
+            raise ConfigError(f"stream {name!r}: broker {b} already exists for {url} with a "
+                              "different batch order; pick another name or stop it (stop_brokers)")
+    return BrokerHandle(name, manifest_url, batch_size, config, tuple(actors))
 
 
 def get_brokers(name: str) -> BrokerHandle:
-    """The handle of running brokers, by stream name."""
+    """The handle of running brokers, by stream name (ConfigError if there are none)."""
     try:
         first = ray.get_actor(actor_name(name, 0))
     except ValueError:
         raise ConfigError(f"stream {name!r}: no brokers are running under that name") from None
-    d = ray.get(first.describe.remote())
-    actors = [first] + [ray.get_actor(actor_name(name, b))
-                        for b in range(1, d["config"].num_brokers)]
-    return BrokerHandle(name, d["manifest_url"], d["config"], tuple(actors))
+    url, batch_size, config = ray.get(first.describe.remote())
+    actors = [first] + [ray.get_actor(actor_name(name, b)) for b in range(1, config.num_brokers)]
+    return BrokerHandle(name, url, batch_size, config, tuple(actors))
 
 
 def stop_brokers(handle: BrokerHandle) -> None:

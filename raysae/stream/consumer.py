@@ -1,26 +1,14 @@
-"""`BatchStream`: the trial side of the shared stream.
+"""The trial side of the shared stream: `BatchStream` iterates batches by global index.
 
-``for g, batch in BatchStream(handle, start_index=ckpt.get("batch", 0)):`` yields the
-global batch index and a float32 [B, width] array. Brokers put batches raw and as
-stored; the consumer finishes them:
-- `normalize=True` (default): divided by the manifest's C (and bf16 widened) into a new
-  array: one copy per trial, run in parallel by the trials;
-- `normalize=False`: raw rows; a float32 cache's batch is then the object store's buffer
-  itself (read only, zero copy on the broker's node), and the trainer divides on device
-  (`train(..., norm_scalar=C)`). bf16 caches are widened to float32 (one copy).
-`position` is the next index: store it in checkpoints and pass it back as `start_index`
-to resume exactly where the trial was.
+It keeps, per broker, a queue of refs fetched a block at a time and asks for the next block
+while the current one is consumed, so the actor call is off the critical path. A float32
+batch is the object store's buffer itself (read only, zero copy on the broker's node);
+bf16 caches are widened. Batches are raw: the trainer divides by C.
 
-It keeps, per broker, a queue of refs fetched a block at a time, and asks for the next
-block while the current one is being consumed, so the actor call is off the critical
-path. If a broker answers "behind" (the consumer fell further behind than the ring):
-- lag_policy "loop": the consumer loops over the batches it missed, building them itself
-  from storage with the same `Plan` (so its data is exactly what it would have been),
-  then rejoins the ring; counted in `looped` / `looped_bytes`;
-- lag_policy "skip": it jumps to the oldest buffered batch; counted in `missed`.
-A dead broker (its refs lost, calls failing) is retried until its restart answers; the
-position lives here, so it is not lost. `close()` tells the brokers to forget this
-consumer so it no longer holds back the others.
+A consumer behind the ring loops over what it missed, rebuilding it from storage with the
+same plan (`lag_policy: loop`), or skips to the oldest buffered batch (`skip`). A dead
+broker is retried until its restart answers; the position lives here, so it is never lost.
+`SharedSource` opens streams for the trainer (the `BatchSource` protocol of raysae.train).
 """
 
 from __future__ import annotations
@@ -28,54 +16,60 @@ from __future__ import annotations
 import collections
 import time
 import uuid
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import ray
 
-from raysae.activations.shards import Manifest
+from raysae.data.reader import SliceReader, to_float32
+from raysae.data.shards import Manifest
 from raysae.stream.broker import BrokerHandle, get_brokers
-from raysae.stream.plan import Plan
-from raysae.stream.reader import SliceReader, to_float32
+from raysae.stream.protocol import FetchReply, FetchStatus
 
 _RETRYABLE = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError,
               ray.exceptions.ObjectLostError, ray.exceptions.GetTimeoutError)
 
 
-class BatchStream:
-    """Iterate a running stream by global batch index (see the module docstring).
+def join_position(handle: BrokerHandle) -> int:
+    """Global index of the oldest batch every broker still buffers (where a late trial joins)."""
+    plan = handle.plan()
+    stats = ray.get([a.stats.remote() for a in handle.actors])
+    live = [(b, s.lo or 0) for b, s in enumerate(stats) if plan.has(b, s.lo or 0)]
+    return max((plan.global_index(b, lo) for b, lo in live), default=0)
 
-    `stream`: a `BrokerHandle` or the stream's name. `start_index`: the first global
-    index (a checkpoint's `position`); None joins at the oldest batch still buffered, for
-    trials that start late and need not see the stream from its beginning.
-    `normalize`: divide by C here (True) or yield raw rows (False; see the module docstring).
-    `sharding`: optional `jax.sharding.Sharding`; batches are then `jax.device_put` on it.
-    `retry_s`: how long to keep retrying a dead broker before giving up.
+
+class BatchStream:
+    """Iterate a running stream: `for batch in BatchStream(handle)`; `.position` for checkpoints.
+
+    Args:
+        stream: a `BrokerHandle` or the stream's name.
+        start_index: the first global index (a checkpoint's position); None joins at the
+            oldest batch still buffered.
+        consumer_id: this consumer's id at the brokers (unique per reader).
+        wait_s: how long one fetch waits for the producer.
+        retry_s: how long to keep retrying a dead broker before giving up.
     """
 
     def __init__(self, stream: BrokerHandle | str, start_index: int | None = 0,
-                 consumer_id: str | None = None, sharding: Any = None,
-                 wait_s: float = 10.0, retry_s: float = 120.0, normalize: bool = True):
-        self.normalize = normalize
+                 consumer_id: str | None = None, wait_s: float = 10.0, retry_s: float = 120.0):
         self.handle = get_brokers(stream) if isinstance(stream, str) else stream
         self.config = self.handle.config
         self.manifest = Manifest.load(self.handle.manifest_url)
-        self.plan = Plan(self.manifest, self.config)
+        self.plan = self.handle.plan(self.manifest)
         self.consumer_id = consumer_id or uuid.uuid4().hex
-        self.sharding, self.wait_s, self.retry_s = sharding, wait_s, retry_s
+        self.wait_s, self.retry_s = wait_s, retry_s
         nb = self.config.num_brokers
         self._queues: list[collections.deque] = [collections.deque() for _ in range(nb)]
         self._pending: list[tuple[int, Any] | None] = [None] * nb  # (start, ObjectRef)
         self._lo = [0] * nb            # last known oldest buffered batch per broker
         self._readers: dict[int, SliceReader] = {}
         self.missed = self.looped = self.delivered = self.broker_retries = 0
-        self.position = self._join_position() if start_index is None else int(start_index)
+        self.position = join_position(self.handle) if start_index is None else int(start_index)
 
-    # --- public --------------------------------------------------------------------------
-    def __iter__(self) -> Iterator[tuple[int, Any]]:
+    def __iter__(self) -> "BatchStream":
         return self
 
-    def __next__(self) -> tuple[int, Any]:
+    def __next__(self) -> np.ndarray:
         while True:
             g = self.position
             if self.plan.total is not None and g >= self.plan.total:
@@ -84,25 +78,22 @@ class BatchStream:
             arr = self._get(b, j)
             if arr is None:  # skipped ahead: position moved, go again
                 continue
-            arr = to_float32(arr, self.manifest, self.normalize)
             self.position = g + 1
             self.delivered += 1
-            if self.sharding is not None:
-                import jax
-
-                arr = jax.device_put(arr, self.sharding)
-            return g, arr
+            return to_float32(arr, self.manifest)
 
     @property
     def looped_bytes(self) -> int:
         return sum(r.stats.bytes_read for r in self._readers.values())
 
-    def metrics(self) -> dict:
-        """Counters for the trial's reports."""
-        return {"stream/position": self.position, "stream/delivered": self.delivered,
-                "stream/missed": self.missed, "stream/looped": self.looped,
-                "stream/looped_bytes": self.looped_bytes,
-                "stream/broker_retries": self.broker_retries}
+    def metrics(self) -> dict[str, int]:
+        """Counters for the trial's reports (names in `raysae.metrics`)."""
+        from raysae import metrics as m
+
+        return {m.STREAM_POSITION: self.position, m.STREAM_DELIVERED: self.delivered,
+                m.STREAM_MISSED: self.missed, m.STREAM_LOOPED: self.looped,
+                m.STREAM_LOOPED_BYTES: self.looped_bytes,
+                m.STREAM_BROKER_RETRIES: self.broker_retries}
 
     def close(self) -> None:
         """Deregister from every broker and drop buffered refs."""
@@ -114,6 +105,8 @@ class BatchStream:
         for q in self._queues:
             q.clear()
         self._pending = [None] * len(self._pending)
+        for r in self._readers.values():
+            r.close()
 
     def __enter__(self) -> "BatchStream":
         return self
@@ -122,14 +115,6 @@ class BatchStream:
         self.close()
 
     # --- internals -----------------------------------------------------------------------
-    def _join_position(self) -> int:
-        """Global index of the oldest batch every broker still buffers."""
-        stats = ray.get([a.stats.remote() for a in self.handle.actors])
-        los = [s["lo"] or 0 for s in stats]
-        return max(self.plan.global_index(b, lo) for b, lo in enumerate(los)
-                   if self.plan.has(b, lo)) if any(
-            self.plan.has(b, lo) for b, lo in enumerate(los)) else 0
-
     def _request(self, b: int, start: int, min_count: int = 1) -> None:
         ack = self._queues[b][0][0] if self._queues[b] else start
         ref = self.handle.actors[b].fetch.remote(
@@ -141,7 +126,7 @@ class BatchStream:
         self._pending[b] = None
 
     def _get(self, b: int, j: int):
-        """Local batch j of broker b as an array, or None after skipping ahead."""
+        """Local batch j of broker b as stored, or None after skipping ahead."""
         q = self._queues[b]
         while q and q[0][0] < j:  # resumed or skipped past them
             q.popleft()
@@ -153,15 +138,15 @@ class BatchStream:
                 if j < self._lo[b]:
                     return self._behind(b, j)
                 if not q:
-                    resp = self._response(b, j)
-                    if resp["status"] == "behind":
-                        self._lo[b] = resp["lo"]
+                    reply = self._reply(b, j)
+                    if reply.status is FetchStatus.BEHIND:
+                        self._lo[b] = reply.lo
                         continue
-                    if resp["status"] == "end":
+                    if reply.status is FetchStatus.END:
                         raise StopIteration
-                    if resp["status"] == "wait":
+                    if reply.status is FetchStatus.WAIT:
                         continue
-                    q.extend((j + i, r) for i, r in enumerate(resp["refs"]))
+                    q.extend((j + i, r) for i, r in enumerate(reply.refs))
                 _, ref = q.popleft()
                 arr = ray.get(ref)
                 # keep the next block in flight while this one is consumed; it answers
@@ -179,13 +164,13 @@ class BatchStream:
                     raise
                 time.sleep(0.2)
 
-    def _response(self, b: int, j: int) -> dict:
+    def _reply(self, b: int, j: int) -> FetchReply:
         pend = self._pending[b]
         self._pending[b] = None
         if pend is not None and pend[0] == j:
             return ray.get(pend[1])
         self._request(b, j)
-        return self._response(b, j)
+        return self._reply(b, j)
 
     def _behind(self, b: int, j: int):
         if self.config.lag_policy == "skip":
@@ -200,7 +185,26 @@ class BatchStream:
         return self._readers[b].rows(j)
 
 
-def batches(stream: BatchStream) -> Iterator[np.ndarray]:
-    """Just the arrays (for a trainer loop that takes an iterator of [B, d] batches)."""
-    for _, arr in stream:
-        yield arr
+class SharedSource:
+    """Opens `BatchStream`s on running brokers for the trainer (`raysae.train` BatchSource).
+
+    Args:
+        stream: a `BrokerHandle` or the stream's name.
+        consumer_id: this reader's id at the brokers (one per process of a trial).
+        join_at: where `open(None)` starts (None: join live, at the oldest buffered batch).
+            The processes of one multi-host trial pass the same value, so they read the
+            same batches; a resumed run opens at its checkpoint's position instead.
+    """
+
+    def __init__(self, stream: BrokerHandle | str, consumer_id: str, join_at: int | None = None):
+        self.stream, self.consumer_id, self.join_at = stream, consumer_id, join_at
+        self.current: BatchStream | None = None
+
+    def open(self, position: int | None) -> BatchStream:
+        self.current = BatchStream(self.stream, consumer_id=self.consumer_id,
+                                   start_index=self.join_at if position is None else position)
+        return self.current
+
+    def metrics(self) -> dict[str, int]:
+        """The open stream's counters (empty before `open`)."""
+        return self.current.metrics() if self.current is not None else {}

@@ -1,17 +1,11 @@
 """Pre-faulting this process's view of Ray's object store, so `ray.put` is a plain memcpy.
 
-Ray's `preallocate_plasma_memory` faults the store's shared memory in once, in the store
-process. Every other process maps the same file and pays its own page faults the first
-time it touches each page: a broker putting 38 MiB batches measured ~4 GB/s until its
-puts had walked over the whole store, ~15 GB/s after (2-core machine, 2 GiB store).
-`populate_object_store()` asks the kernel to build this process's page tables for the
-store up front (`madvise(MADV_POPULATE_WRITE)`, Linux >= 5.14; ~0.3 s per GiB here): the
-data is not touched, and the page tables are the ones steady state would build anyway.
-
-It finds the store's mapping in /proc/self/maps (a shared mapping of a file named
-``plasma*``, as Ray's plasma store names its memory file). Where there is none (not
-Linux, older kernels, Ray changed its naming) it does nothing and returns 0: only speed
-depends on it.
+Ray's `preallocate_plasma_memory` faults the store in once, in the store process; every
+other process still pays its own page faults the first time it touches each page (the
+effect on a broker's puts is in BENCHMARKS.md). `populate_object_store()` builds this
+process's page tables for the store up front (`madvise(MADV_POPULATE_WRITE)`, Linux >= 5.14)
+without touching the data. It finds the store as a shared mapping of a ``plasma*`` file in
+/proc/self/maps; where there is none it does nothing and returns 0 (only speed depends on it).
 """
 
 from __future__ import annotations

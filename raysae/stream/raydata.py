@@ -6,12 +6,10 @@ A `SliceReader` asks its source for shard s together with the shards it will nee
 preserved), and hands out whole shards as their rows arrive; Ray Data's streaming
 executor reads the next ones ahead, within its memory budget. A seek starts a new one.
 
-Why it is not the default: on one node each dataset costs seconds to start and its
-decode path is several times slower than a memory map (BENCHMARKS.md), and a broker
-already owns one slice and reads it sequentially. It earns its place where the broker's
-node should not do the reading: remote object storage with many nodes to spread the
-read tasks over. Storage is any fsspec URL (wrapped as a pyarrow filesystem); memory://
-is per-process and so cannot be read by Ray Data tasks.
+Not the default: a dataset costs seconds to start and decodes slower than a memory map
+(BENCHMARKS.md). It earns its place where the broker's node should not do the reading:
+remote storage with many nodes to spread the read tasks over. memory:// is per process
+and cannot be read by Ray Data tasks.
 """
 
 from __future__ import annotations
@@ -24,9 +22,9 @@ import ray
 from pyarrow.fs import FSSpecHandler, PyFileSystem
 
 from raysae import storage
-from raysae.activations.shards import Manifest, ShardError, decode_rows, storage_dtype
 from raysae.config import check
-from raysae.stream.config import StreamConfig
+from raysae.data.config import StreamConfig
+from raysae.data.shards import Manifest, ShardError, decode_rows, storage_dtype
 
 
 class RayDataShards:

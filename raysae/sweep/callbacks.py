@@ -1,16 +1,10 @@
 """`FrontierCallback`: keeps frontier.csv / frontier.json / frontier.png current during a sweep.
 
-A Tune `Callback` running in the driver. After every trial result it updates that trial's
-row (site, width, λ, step, L0, FVU and, once the final evaluation is in, delta LM loss),
-recomputes the non-dominated sets per (site, width) with `raysae.evals.frontier` and
-rewrites the files atomically under the sweep's directory. While a trial trains, its row
-carries the running training L0/FVU (status "running"); its final report replaces them by
-the final evaluation (status "done"). The PNG is redrawn at most every `png_every_s`
-seconds while trials run (drawing costs far more than the table) and always when a trial
-finishes.
-
-State lives on storage, not in the driver: `setup` reads the existing frontier.json, so
-a driver that was killed and restarted with `--resume` carries on with every row it had.
+A Tune callback in the driver: after each result it updates that trial's row (training
+L0 / FVU while it runs, the final evaluation once it is in), recomputes the non-dominated
+sets per (site, width) with `raysae.evals.frontier` and rewrites the files. The PNG is
+redrawn at most every `png_every_s` while trials run and always when one finishes. State
+lives on storage: `setup` reads frontier.json back, so a restarted driver keeps every row.
 """
 
 from __future__ import annotations
@@ -21,6 +15,7 @@ import time
 
 from ray import tune
 
+from raysae import metrics as names
 from raysae.evals import frontier
 
 log = logging.getLogger(__name__)
@@ -35,20 +30,25 @@ def row_from_result(trial_id: str, config: dict, result: dict, done: bool) -> di
                 return float(v)
         return None
 
-    final = "eval/l0" in result
+    final = names.EVAL_L0 in result
     return {
         "trial_id": trial_id, "site": config.get("site"), "width": int(config.get("width", 0)),
         "sparsity_coefficient": float(config.get("sparsity_coefficient", 0.0)),
         "status": "done" if (done and final) else ("evaluated" if final else "running"),
-        "step": int(result.get("step", 0) or 0),
-        "l0": pick("eval/l0", "l0"), "fvu": pick("eval/fvu", "fvu"),
-        "delta_loss": pick("eval/delta_loss"), "mse": pick("eval/mse"),
-        "sae_url": result.get("sae_url"),
+        "step": int(result.get(names.STEP, 0) or 0),
+        "l0": pick(names.EVAL_L0, names.L0), "fvu": pick(names.EVAL_FVU, names.FVU),
+        "delta_loss": pick(names.EVAL_DELTA_LOSS), "mse": pick(names.EVAL_MSE),
+        "sae_url": result.get(names.SAE_URL),
     }
 
 
 class FrontierCallback(tune.Callback):
-    """See the module docstring. `sweep_url`: the directory the frontier files go to."""
+    """Keeps the frontier files under `sweep_url` current (see the module docstring for when).
+
+    Args:
+        sweep_url: the sweep's directory (any fsspec URL).
+        png_every_s: the least time between PNG redraws while trials run.
+    """
 
     def __init__(self, sweep_url: str, png_every_s: float = 30.0):
         self.sweep_url = sweep_url

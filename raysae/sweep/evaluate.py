@@ -1,17 +1,11 @@
-"""A trial's final evaluation: L0, FVU, MSE and delta LM loss of the SAE it just trained.
+"""A trial's final evaluation: L0, FVU, MSE and delta LM loss of the folded SAE it trained.
 
-With text to evaluate on (`final_eval.text`, default the sweep's `data.text`) the folded
-SAE is spliced into the LM by `raysae.evals.evaluate` on `eval.num_sequences` sequences of
-`eval.context_length` tokens. The eval tokens are the corpus's *last* documents (the last
-files, and the last documents within a file), while the caching job reads from the start,
-so with a token budget smaller than the corpus the eval text is held out (a single-file
-corpus is streamed once to find its tail; set `final_eval.text` to name held-out text). Without text (a sweep over
-an existing activation cache) there is no LM input to splice into, so L0, FVU and MSE are
-measured on `final_eval.activation_batches` batches of the cache drawn in a different
-shuffle order (seed + 1) and delta loss is absent from the results.
-
-No Ray here; the trainable calls `final_evaluation` in the trial's process. The model and
-eval tokens are cached per process, so a worker reused for several trials loads them once.
+With text (`final_eval.text`, default the sweep's `data.text`) the SAE is spliced into the LM
+by `raysae.evals.evaluate` on the corpus's *last* documents (the caching job reads from the
+start, so with a token budget below the corpus the eval text is held out). Without text
+(a sweep over an existing cache) L0 / FVU / MSE come from cache batches in another shuffle
+order and there is no delta loss. No Ray here; the model and eval tokens are cached per
+process.
 """
 
 from __future__ import annotations
@@ -23,7 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from raysae.sweep.spec import SweepConfig, eval_site, is_transcoder_site
+from raysae import metrics as names
+from raysae.sweep.spec import SweepConfig
 
 
 def eval_text(config: SweepConfig) -> str | None:
@@ -44,7 +39,7 @@ def _eval_stream(source: str, model_source: str, num_tokens: int) -> np.ndarray:
     from raysae.activations.sources import documents, resolve_inputs
 
     model = _model(model_source)
-    files = resolve_inputs(CacheConfig(inputs=[source], output="unused"))
+    files = resolve_inputs(CacheConfig(inputs=[source], output="unused", model=model_source))
     eos = np.array([model.config.eos_id], np.int32)
     tail: list[np.ndarray] = []   # documents from the end of the corpus, last first
     total = 0
@@ -73,50 +68,47 @@ def lm_evaluation(config: SweepConfig, site: str, folded, text: str) -> dict[str
     ec = dataclasses.replace(config.eval, progress=False)
     model = _model(config.model)
     stream = _eval_stream(text, config.model, ec.num_sequences * ec.context_length)
-    report = evaluate(folded, model, eval_site(site), tokens=stream, config=ec)
-    return {f"eval/{k}": float(v) for k, v in report.metrics().items()}
+    report = evaluate(folded, model, site, tokens=stream, config=ec)
+    return {f"{names.EVAL_PREFIX}{k}": float(v) for k, v in report.metrics().items()}
 
 
-def activation_evaluation(config: SweepConfig, manifest_url: str, params,
-                          pre_encoder_bias: bool = True) -> dict[str, float]:
-    """L0 / FVU / MSE of the (unfolded) SAE on cache batches in another shuffle order."""
+def activation_evaluation(config: SweepConfig, manifest_url: str, folded) -> dict[str, float]:
+    """L0 / FVU / MSE of the folded SAE on raw cache batches in another shuffle order."""
     import jax.numpy as jnp
 
-    from raysae.activations.shards import Manifest
+    from raysae.data.local import LocalStream
     from raysae.sae.model import decode, encode
-    from raysae.stream import LocalStream
 
-    manifest = Manifest.load(manifest_url)
-    d = manifest.d
     sc = dataclasses.replace(config.stream, seed=config.stream.seed + 1, epochs=None)
-    stream = LocalStream(manifest_url, sc)
+    stream = LocalStream(manifest_url, config.train.batch_size, sc)
+    d = stream.manifest.d
     l0 = sq = 0.0
     xs: list[np.ndarray] = []
-    n = 0
-    for _, batch in stream:
+    for _, batch in zip(range(config.final_eval.activation_batches), stream):
         # a transcoder cache holds [input | target] side by side
-        inp, target = (batch[:, :d], batch[:, d:]) if len(manifest.parts) == 2 else (batch, batch)
-        f = encode(params, jnp.asarray(inp), pre_encoder_bias=pre_encoder_bias)
-        xhat = decode(params, f)
+        inp, target = (batch[:, :d], batch[:, d:]) if len(stream.manifest.parts) == 2 else (batch, batch)
+        f = encode(folded, jnp.asarray(inp))
         l0 += float(jnp.sum(f != 0))
-        sq += float(jnp.sum(jnp.square(jnp.asarray(target) - xhat)))
+        sq += float(jnp.sum(jnp.square(jnp.asarray(target) - decode(folded, f))))
         xs.append(np.asarray(target, np.float64))
-        n += 1
-        if n >= config.final_eval.activation_batches:
-            break
+    stream.close()
     x = np.concatenate(xs)
     variance = float(np.sum((x - x.mean(0)) ** 2))
     rows = x.shape[0]
-    # In normalised space; scale MSE back to raw activations (x_raw = C x).
-    return {"eval/l0": l0 / rows, "eval/fvu": sq / max(variance, 1e-30),
-            "eval/mse": sq / rows * manifest.norm_scalar ** 2, "eval/num_tokens": float(rows)}
+    return {names.EVAL_L0: l0 / rows, names.EVAL_FVU: sq / max(variance, 1e-30),
+            names.EVAL_MSE: sq / rows, f"{names.EVAL_PREFIX}num_tokens": float(rows)}
 
 
-def final_evaluation(config: SweepConfig, site: str, manifest_url: str, result: Any) -> dict:
-    """The trial's final metrics (see the module docstring)."""
+def final_evaluation(config: SweepConfig, site: str, manifest_url: str, folded) -> dict:
+    """The trial's final metrics (see the module docstring).
+
+    Args:
+        config: the sweep.
+        site: the trial's site ("res:12", "transcoder:5").
+        manifest_url: the site's activation cache.
+        folded: the SAE in raw activation space.
+    """
     text = eval_text(config)
     if text is not None:
-        return lm_evaluation(config, site, result.folded, text)
-    transcoder = config.train.transcoder or is_transcoder_site(site)
-    return activation_evaluation(config, manifest_url, result.params,
-                                 pre_encoder_bias=not transcoder)
+        return lm_evaluation(config, site, folded, text)
+    return activation_evaluation(config, manifest_url, folded)

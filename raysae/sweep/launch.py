@@ -1,20 +1,11 @@
 """`run_sweep`: validate, prepare data, start the shared brokers, run (or resume) Ray Tune.
 
-    from raysae.sweep import load_sweep, run_sweep
-    result = run_sweep(load_sweep("sweeps/tiny.yaml"))
-    result.frontier           # rows with frontier flags, also in <sweep>/frontier.{csv,json,png}
-
-The Python API takes what Tune takes: `param_space` entries are merged over the sweep's
-own axes (e.g. ``{"sparsity_coefficient": tune.loguniform(1e-4, 1e-1)}``), and
-`search_alg` / `scheduler` are any Tune searcher / scheduler (Optuna multi-objective over
-λ with ``metric=["eval/l0", "eval/delta_loss"]``, ASHA on ``fvu`` with
-``time_attr="step"``). Their metrics appear only in some results (eval/* in the last
-one), so strict metric checking is turned off when either is given.
-
-Layout under ``<storage>/<name>/`` (= Tune's experiment directory, any fsspec URL):
-``sweep.yaml`` (the resolved config), one directory per trial (Tune's result.json,
-progress.csv, TensorBoard events, checkpoint_*), ``saes/<site>/w<width>-l<λ>-<id>/``
-(params.npz and saelens/), ``frontier.csv|json|png``, and ``cache/<site>/`` for text sweeps.
+`param_space_extra` entries are merged over the sweep's own axes, and `search_alg` /
+`scheduler` are any Tune searcher / scheduler (their metrics appear only in some results,
+eval/* in the last one, so strict metric checking is turned off when either is given).
+Results land under ``<storage>/<name>/``: ``sweep.yaml``, one Tune directory per trial,
+``saes/<site>/w<width>-l<λ>-<id>/`` (params.npz, saelens/, result.json),
+``checkpoints/<trial id>/``, ``frontier.csv|json|png`` and ``cache/<site>/`` for text sweeps.
 """
 
 from __future__ import annotations
@@ -88,21 +79,10 @@ def num_samples(config: SweepConfig, searcher: bool) -> int:
     return config.num_trials()
 
 
-def _storage(config: SweepConfig) -> tuple[str, Any]:
-    """(storage_path, storage_filesystem) for Tune: a pyarrow view of the fsspec filesystem."""
-    url = config.storage
-    if "://" not in url or url.startswith("file://"):
-        return os.path.abspath(url.removeprefix("file://")), None
-    import pyarrow.fs
-
-    fs, path = storage.fs_and_path(url)
-    return path, pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(fs))
-
-
 def _trainable(config: SweepConfig, manifests: dict[str, str]):
     fn = tune.with_parameters(train_sae, sweep=to_dict(config), manifests=manifests)
     r = config.resources
-    if r.distributed:  # the trial only drives a JaxTrainer job; its workers hold the devices
+    if r.multi_process:  # the trial only drives a JaxTrainer job; its workers hold the devices
         return tune.with_resources(fn, {"cpu": 1})
     return tune.with_resources(fn, {"cpu": r.cpus, "gpu": r.gpus})
 
@@ -121,17 +101,31 @@ def _start_brokers(config: SweepConfig, manifests: dict[str, str]) -> list:
     sc = config.stream
     if sc.expect_consumers == 0:  # hold the first ring for the trials that start together
         sc = dataclasses.replace(sc, expect_consumers=min(per_site, _max_concurrent(config)))
-    return [start_brokers(manifests[s], sc, name=stream_name(config, s)) for s in config.sites]
+    return [start_brokers(manifests[s], config.train.batch_size, sc, name=stream_name(config, s))
+            for s in config.sites]
 
 
 def run_sweep(config: SweepConfig, *, resume: bool = False, param_space_extra: dict | None = None,
               search_alg=None, scheduler=None, callbacks: Sequence = (),
               verbose: int = 1) -> SweepResult:
-    """Run (or with `resume`, finish) the sweep; see the module docstring."""
+    """Run (or with `resume`, finish) the sweep.
+
+    Args:
+        config: the sweep.
+        resume: finish an interrupted sweep (`Tuner.restore`); finished trials are kept.
+        param_space_extra: Tune search-space entries merged over the sweep's axes.
+        search_alg, scheduler: a Tune searcher / scheduler.
+        callbacks: more Tune callbacks.
+        verbose: Tune's verbosity.
+    Returns:
+        A `SweepResult` (the Tune ResultGrid and the frontier rows).
+    Raises:
+        ConfigError for a bad sweep, before any trial starts.
+    """
     config = config.resolved()  # trials run in their own directories: no relative paths
     validate(config)  # before any Ray work: a bad file fails in one line
     sweep_url = config.sweep_url
-    storage_path, storage_fs = _storage(config)
+    storage_path, storage_fs = storage.pyarrow_filesystem(config.storage)
     exp_path = storage.join(storage_path, config.name) if storage_fs is None else \
         f"{storage_path.rstrip('/')}/{config.name}"
     has_sweep = storage.exists(storage.join(sweep_url, CONFIG_NAME))

@@ -1,36 +1,24 @@
-"""The sweep YAML schema: one `SweepConfig` dataclass tree, validated before any Ray work.
+"""The sweep YAML schema: one `SweepConfig` dataclass tree (no Ray here).
 
-A sweep is the product sites × widths × λ values (or λ drawn from a distribution by a
-search algorithm), one SAE per point, all trials of a site reading the same shared
-activation stream. `load_sweep(url, overrides)` reads the YAML (unknown keys and bad
-types are errors naming the field, via raysae.config), `validate(config)` then checks
-what needs the outside world (the model's layers and width, the data's existence), so a
-bad file fails with one line before a cluster is touched.
-
-Sections (see sweeps/tiny.yaml for a commented example):
-  name, storage          results land at <storage>/<name>/ (any fsspec URL, gs:// too)
-  model                  "tiny" or a Hugging Face Gemma 2 checkpoint URL
-  sites                  ["res:12", "mlp:3", ...] (raysae.lm.Site syntax)
-  widths                 latent counts M
-  sparsity               λ: a grid, or a distribution + num_samples for a search algorithm
-  tokens                 training tokens per SAE (steps = tokens / train.batch_size)
-  train                  raysae.train.TrainConfig recipe overrides (width/λ come from the axes)
-  data                   an existing activation manifest, or text for the caching job
-  stream                 raysae.stream.StreamConfig (the shared brokers)
-  eval, final_eval       raysae.evals.EvalConfig and what the trial's final evaluation reads
-  resources              per trial: CPUs, GPUs, TPU topology, hosts, model axis
-  concurrency, failure   max concurrent trials; retries from checkpoints
+A sweep is sites × widths × λ (a grid, or λ drawn by a search algorithm), one SAE per
+point, all trials of a site reading one shared stream. `load_sweep(url, overrides)` reads
+the YAML with errors naming the field; `raysae.sweep.prepare.validate` then checks what
+needs the outside world. sweeps/tiny.yaml is a commented example of every section.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any, Literal
+from typing import Literal
 
-from raysae.config import ConfigError, check, load_yaml
+from raysae import storage
+from raysae.activations.config import CacheOptions, STDLIB, parse_sites
+from raysae.config import check, load_yaml
+from raysae.data.config import StreamConfig
 from raysae.evals.config import EvalConfig
-from raysae.stream.config import StreamConfig
+from raysae.lm.source import TINY, ModelSource
+from raysae.sites import SAESite
 from raysae.train.config import TrainConfig
 
 DISTRIBUTIONS = ("loguniform", "uniform")
@@ -65,25 +53,23 @@ class SparsitySpec:
 class DataSpec:
     """Where activations come from: an existing cache, or text the caching job turns into one.
 
-    `manifest`: a cache URL; with several sites put ``{site}`` in it (``gs://b/acts/{site}``;
-    the site's ":" becomes "_"). `text`: a text source for the caching job (e.g. the offline
-    ``python-stdlib`` corpus, or a URL); its caches go to `cache_url` (default
-    <storage>/<name>/cache/{site}) and are reused when they exist and match. `cache`: extra
-    settings for the caching job (raysae.activations), checked by that job's own config.
+    `manifest`: a cache URL; with several sites put ``{site}`` in it (``gs://b/acts/{site}``,
+    filled with the site's slug, e.g. res_12). `text`: a text source for the caching job (the
+    offline ``python-stdlib`` corpus, or a URL / glob); its caches go to `cache_url` (default
+    <storage>/<name>/cache) and are reused when they match. `cache`: the caching job's
+    settings (`raysae.activations.CacheOptions`, e.g. max_tokens, context_length).
     """
 
     manifest: str | None = None
     text: str | None = None
     cache_url: str | None = None
-    tokens: int = 1_000_000           # tokens to cache when caching from text
-    cache: dict[str, Any] = dataclasses.field(default_factory=dict)
+    cache: CacheOptions = dataclasses.field(default_factory=CacheOptions)
 
     def __post_init__(self):
         check(self.manifest is not None or self.text is not None, "data",
               "give data.manifest (an activation cache URL) or data.text (a text source to cache)")
         check(self.manifest is None or self.text is None, "data.manifest",
               "give data.manifest or data.text, not both")
-        check(self.tokens > 0, "data.tokens", f"must be positive, got {self.tokens}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,8 +94,8 @@ class FinalEvalSpec:
 
 @dataclasses.dataclass(frozen=True)
 class ResourcesSpec:
-    """What one trial gets. `hosts` > 1, or several GPUs, or a TPU topology: the trial runs
-    as a Ray Train JaxTrainer job (raysae/sweep/jax_trainer.py) with `hosts` workers."""
+    """What one trial gets. Its SAE trains on a mesh over all its devices; with `hosts` > 1
+    or a TPU slice the trial runs one process per host (a Ray Train JaxTrainer job)."""
 
     cpus: float = 1.0
     gpus: float = 0.0
@@ -127,8 +113,9 @@ class ResourcesSpec:
               "set tpu_topology and tpu_accelerator together")
 
     @property
-    def distributed(self) -> bool:
-        return self.hosts > 1 or self.gpus > 1 or self.tpu_topology is not None
+    def multi_process(self) -> bool:
+        """One JAX process per host (a JaxTrainer job) rather than the trial's own process."""
+        return self.hosts > 1 or self.tpu_topology is not None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,14 +132,14 @@ class FailureSpec:
 class SweepConfig:
     name: str = "sweep"
     storage: str = "runs"
-    model: str = "tiny"
+    model: str = TINY
     sites: list[str] = dataclasses.field(default_factory=lambda: ["res:1"])
     widths: list[int] = dataclasses.field(default_factory=lambda: [16384])
     sparsity: SparsitySpec = dataclasses.field(default_factory=lambda: SparsitySpec(grid=[1e-3]))
     tokens: int | None = None      # per SAE; None: train.steps × train.batch_size
     tokens_by_width: dict[int, int] = dataclasses.field(default_factory=dict)  # per-width budgets
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
-    data: DataSpec = dataclasses.field(default_factory=lambda: DataSpec(text="python-stdlib"))
+    data: DataSpec = dataclasses.field(default_factory=lambda: DataSpec(text=STDLIB))
     stream: StreamConfig = dataclasses.field(default_factory=StreamConfig)
     shared_stream: bool = True     # False: each trial reads its own copy (the baseline)
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
@@ -160,18 +147,12 @@ class SweepConfig:
     resources: ResourcesSpec = dataclasses.field(default_factory=ResourcesSpec)
     concurrency: int = 0           # max trials at once; 0: as many as resources allow
     failure: FailureSpec = dataclasses.field(default_factory=FailureSpec)
-    seed: int = 0
 
     def __post_init__(self):
         check(bool(self.name) and "/" not in self.name and ":" not in self.name, "name",
               f"must be a non-empty name without '/' or ':', got {self.name!r}")
         check(bool(self.sites), "sites", "give at least one site, e.g. [res:12]")
-        for i, s in enumerate(self.sites):
-            try:
-                parse_sweep_site(s)
-            except (ConfigError, ValueError) as e:
-                raise ConfigError(f"sites[{i}]: {e}") from None
-        check(len(set(self.sites)) == len(self.sites), "sites", "has duplicates")
+        parse_sites(self.sites)
         check(bool(self.widths), "widths", "give at least one width")
         for i, w in enumerate(self.widths):
             check(w > 0, f"widths[{i}]", f"must be positive, got {w}")
@@ -179,8 +160,6 @@ class SweepConfig:
                   f"{w} is not divisible by resources.model_axis={self.resources.model_axis}")
         check(self.tokens is None or self.tokens >= self.train.batch_size, "tokens",
               f"must be at least one batch (train.batch_size={self.train.batch_size}), got {self.tokens}")
-        check(self.stream.batch_size == self.train.batch_size, "stream.batch_size",
-              f"must equal train.batch_size={self.train.batch_size}, got {self.stream.batch_size}")
         for w, t in self.tokens_by_width.items():
             check(w in self.widths, f"tokens_by_width.{w}", f"is not one of widths {self.widths}")
             check(t >= self.train.batch_size, f"tokens_by_width.{w}",
@@ -198,61 +177,37 @@ class SweepConfig:
         return self.steps if t is None else t // self.train.batch_size
 
     @property
-    def sweep_url(self) -> str:
-        from raysae import storage
+    def sae_sites(self) -> list[SAESite]:
+        return parse_sites(self.sites)
 
+    @property
+    def sweep_url(self) -> str:
         return storage.join(self.storage, self.name)
 
     def trial_train_config(self, width: int, sparsity_coefficient: float,
-                           site: str | None = None) -> TrainConfig:
+                           site: "SAESite | str") -> TrainConfig:
+        """The recipe of one trial: the sweep's `train` with the trial's point filled in."""
         extra = {"model_parallel": self.resources.model_axis} if self.resources.model_axis > 1 else {}
-        if site is not None and is_transcoder_site(site):
+        if SAESite.parse(site).is_transcoder:
             extra["transcoder"] = True
         return dataclasses.replace(self.train, width=int(width), steps=self.steps_for(width),
                                    sparsity_coefficient=float(sparsity_coefficient), **extra)
 
     def resolved(self) -> "SweepConfig":
         """A copy with relative local paths made absolute (trials run in other directories)."""
-        from raysae import storage
-
         def fix(url: str | None) -> str | None:
-            return url if url is None or url == "python-stdlib" else storage.absolute(url)
+            return url if url is None or url == STDLIB else storage.absolute(url)
 
-        model = self.model if self.model == "tiny" or self.model.startswith("random:") \
-            else storage.absolute(self.model)
         data = dataclasses.replace(self.data, manifest=fix(self.data.manifest),
                                    text=fix(self.data.text), cache_url=fix(self.data.cache_url))
         final_eval = dataclasses.replace(self.final_eval, text=fix(self.final_eval.text))
-        return dataclasses.replace(self, storage=storage.absolute(self.storage), model=model,
+        return dataclasses.replace(self, storage=storage.absolute(self.storage),
+                                   model=ModelSource(self.model).absolute().spec,
                                    data=data, final_eval=final_eval)
 
     def num_trials(self) -> int:
         per = len(self.sparsity.grid) if self.sparsity.grid else self.sparsity.num_samples
         return len(self.sites) * len(self.widths) * per
-
-
-def parse_sweep_site(site: str) -> tuple[str, int]:
-    """A sweep site: an LM site ("res:12", "attn:3", "mlp:5", "mlp_in:5") or a transcoder
-    "transcoder:5" (App. B: input after layer 5's pre-MLP norm, target its MLP output)."""
-    from raysae.activations.config import parse_site
-
-    return parse_site(site)
-
-
-def is_transcoder_site(site: str) -> bool:
-    return parse_sweep_site(site)[0] == "transcoder"
-
-
-def eval_site(site: str) -> str:
-    """The site string raysae.evals takes: a transcoder is the pair "mlp_in:L->mlp:L"."""
-    kind, layer = parse_sweep_site(site)
-    return f"mlp_in:{layer}->mlp:{layer}" if kind == "transcoder" else f"{kind}:{layer}"
-
-
-def site_slug(site: str) -> str:
-    """A path-safe name for a site ("res:12" -> "res_12", "transcoder:5" -> "transcoder_5")."""
-    kind, layer = parse_sweep_site(site)
-    return f"{kind}_{layer}"
 
 
 def load_sweep(url: str, overrides: list[str] | None = None) -> SweepConfig:

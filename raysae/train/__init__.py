@@ -1,30 +1,27 @@
 """The Gemma Scope training recipe in pure JAX + optax (no Ray).
 
-- `config`      TrainConfig: every recipe knob with the paper's default
-- `schedules`   cosine lr warmup, linear λ warmup
-- `optimizer`   the optax chain and the post-update projections
-- `normalize`   the dataset scalar C
-- `step`        TrainState and the jitted train step
-- `checkpoint`  atomic checkpoints on fsspec URLs, resume
-- `loop`        `train(config, batches)`: the loop a notebook or a Tune trial calls
-- `mesh`        the (data, model) device mesh, partition rules, the data/model split
-- `sharded`     the sharded step and `train_sharded` (data × Megatron parallelism)
-- `distributed` `jax.distributed` start-up for jobs that span hosts
+`train(config, data, norm_scalar=C)` is the one training path: a notebook, a sweep trial and
+every process of a multi-host job call it. Modules: `config` (TrainConfig, the paper's
+defaults), `schedules`, `optimizer`, `step` (TrainState, the step), `mesh` (device mesh,
+partition rules, the data × model split), `sharded` (the step on a mesh, batch placement,
+prefetch), `source` (BatchSource), `checkpoint`, `loop`, `distributed` (jax.distributed).
 """
 
+from raysae.data.normalize import estimate_norm_scalar
 from raysae.train.config import TrainConfig
-from raysae.train.normalize import estimate_norm_scalar
-from raysae.train.step import TrainState, StepMetrics, init_state, train_step, jit_train_step
+from raysae.train.step import TrainState, StepMetrics, init_state, train_step
 from raysae.train.checkpoint import (Checkpoint, CheckpointError, latest_checkpoint,
                                      load_checkpoint, save_checkpoint)
+from raysae.train.source import Batches, BatchSource, as_source
 from raysae.train.loop import TrainResult, TrainingDataError, train
-from raysae.train.mesh import choose_degrees, make_mesh
-from raysae.train.sharded import ShardedStep, train_sharded
+from raysae.train.mesh import MeshSplit, choose_degrees, make_mesh, mesh_for
+from raysae.train.sharded import ShardedStep
 from raysae.train import distributed
 
 __all__ = [
     "TrainConfig", "estimate_norm_scalar", "TrainState", "StepMetrics", "init_state",
-    "train_step", "jit_train_step", "Checkpoint", "CheckpointError", "latest_checkpoint",
-    "load_checkpoint", "save_checkpoint", "TrainResult", "TrainingDataError", "train",
-    "choose_degrees", "make_mesh", "ShardedStep", "train_sharded", "distributed",
+    "train_step", "Checkpoint", "CheckpointError", "latest_checkpoint", "load_checkpoint",
+    "save_checkpoint", "Batches", "BatchSource", "as_source", "TrainResult",
+    "TrainingDataError", "train", "MeshSplit", "choose_degrees", "make_mesh", "mesh_for",
+    "ShardedStep", "distributed",
 ]

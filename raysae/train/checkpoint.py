@@ -3,7 +3,7 @@
 Layout under a run's checkpoint URL::
 
     step-000001000/state.npz    every leaf of TrainState (params, optax state, counters)
-    step-000001000/meta.json    step, C, d, the TrainConfig, the data position, extras
+    step-000001000/meta.json    step, C, d, the TrainConfig, the data position
     latest                      name of the newest complete checkpoint
 
 Each file is written atomically and `meta.json` is written after `state.npz`, then
@@ -17,8 +17,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-from typing import Any
-
 import jax
 import numpy as np
 
@@ -42,8 +40,7 @@ class Checkpoint:
     d: int
     d_out: int
     config: TrainConfig
-    data_position: int            # batches consumed from the data source
-    extra: dict[str, Any]
+    data_position: int            # the data source's position after the last batch trained on
     url: str
 
 
@@ -51,7 +48,8 @@ def _name(step: int) -> str:
     return f"step-{step:09d}"
 
 
-def _host(x) -> np.ndarray:
+def host_array(x) -> np.ndarray:
+    """`x` as a host numpy array (gathered first if it is sharded across processes)."""
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
         from jax.experimental import multihost_utils
         x = multihost_utils.process_allgather(x, tiled=True)
@@ -59,15 +57,17 @@ def _host(x) -> np.ndarray:
 
 
 def save_checkpoint(url: str, state: TrainState, *, config: TrainConfig, norm_scalar: float,
-                    d: int, d_out: int, data_position: int, extra: dict | None = None,
-                    write: bool = True) -> str:
-    """Write a checkpoint of `state` under `url`; returns its URL. Keeps config.keep_checkpoints.
+                    d: int, d_out: int, data_position: int, write: bool = True) -> str:
+    """Write a checkpoint of `state` under `url`, keeping the last `config.keep_checkpoints`.
 
     In a multi-process job every process must call this (gathering is collective); only
     the one with `write=True` touches storage.
+
+    Returns:
+        The checkpoint's URL (``<url>/step-NNNNNNNNN``).
     """
-    leaves = [_host(x) for x in jax.tree_util.tree_leaves(state)]
-    step = int(_host(state.step))
+    leaves = [host_array(x) for x in jax.tree_util.tree_leaves(state)]
+    step = int(host_array(state.step))
     name = _name(step)
     ckpt_url = storage.join(url, name)
     if not write:
@@ -77,7 +77,7 @@ def save_checkpoint(url: str, state: TrainState, *, config: TrainConfig, norm_sc
     storage.write_bytes_atomic(storage.join(ckpt_url, "state.npz"), buf.getvalue())
     meta = {"step": step, "norm_scalar": float(norm_scalar), "d": int(d), "d_out": int(d_out),
             "config": to_dict(config), "data_position": int(data_position),
-            "extra": extra or {}, "num_leaves": len(leaves)}
+            "num_leaves": len(leaves)}
     storage.write_bytes_atomic(storage.join(ckpt_url, "meta.json"),
                                json.dumps(meta, indent=2).encode())
     storage.write_bytes_atomic(storage.join(url, LATEST), name.encode())
@@ -136,5 +136,4 @@ def load_checkpoint(ckpt_url: str, config: TrainConfig | None = None) -> Checkpo
         treedef, [jax.numpy.asarray(a, dtype=t.dtype) for a, t in zip(arrays, leaves)])
     return Checkpoint(state=state, step=meta["step"], norm_scalar=meta["norm_scalar"],
                       d=meta["d"], d_out=meta["d_out"], config=saved,
-                      data_position=meta["data_position"], extra=meta.get("extra", {}),
-                      url=ckpt_url)
+                      data_position=meta["data_position"], url=ckpt_url)

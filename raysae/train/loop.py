@@ -1,176 +1,228 @@
-"""The training loop: any iterator of numpy batches in, a trained (and folded) SAE out.
+"""`train`: batches in, a trained and folded SAE out, on any device mesh (one device is 1×1).
 
-`train` runs the jitted step over `data`, logs metrics every `log_every` steps, writes
-checkpoints every `checkpoint_every` steps to any fsspec URL, and resumes from the latest
-checkpoint there, reproducing an uninterrupted run exactly when `data` is deterministic.
-
-`data` is either an iterable of batches or a callable `start -> iterable` that begins at
-batch index `start` (how the shared stream resumes without re-reading). A batch is an array
-[B, d] (raw activations: the loop divides by C on device unless `inputs_normalized`), a
-`(global_index, array)` pair as the stream yields, or for transcoders an array
-[B, d_in + d_out] with input and target side by side (as transcoder caches store them).
-
-Extension points used by the sharded trainer: `step_fn` (a jitted step over the state)
-and `place` (host batch -> device array, e.g. a global sharded array).
+The loop opens its data source at the checkpoint's position (or where the source starts),
+places each batch on the mesh in a prefetch thread, runs the step (which divides by C: the
+one place the normalisation is applied), logs every `log_every` steps, checkpoints every
+`checkpoint_every` steps and resumes from the latest checkpoint under `checkpoint_url`,
+reproducing an uninterrupted run exactly when the source is deterministic. In a
+multi-process job every process calls `train` with the same arguments.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import itertools
 import logging
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh, NamedSharding
 
+from raysae import metrics as names
 from raysae.sae.fold import fold
 from raysae.sae.params import SAEParams
-from raysae.train.checkpoint import _host, latest_checkpoint, load_checkpoint, save_checkpoint
+from raysae.train.checkpoint import (CheckpointError, host_array, latest_checkpoint,
+                                     load_checkpoint, save_checkpoint)
 from raysae.train.config import TrainConfig
-from raysae.train.step import TrainState, init_state, jit_train_step
+from raysae.train.mesh import BATCH_SPEC, MeshSplit, mesh_for
+from raysae.train.sharded import ShardedStep, place_batch, prefetch
+from raysae.train.source import as_source, close
+from raysae.train.step import TrainState, init_state
 
 log = logging.getLogger(__name__)
 
-DataSource = Iterable[Any] | Callable[[int], Iterable[Any]]
-
 
 class TrainingDataError(ValueError):
-    """A batch is unusable (wrong width, NaN/Inf) or the data ran out before any step."""
+    """A batch is unusable (wrong shape, NaN/Inf) or the data ran out before any step."""
 
 
 @dataclasses.dataclass
 class TrainResult:
     params: SAEParams            # trained, in normalised space (inputs / C)
     folded: SAEParams            # raw activation space (Gemma Scope App. A)
-    norm_scalar: float
+    norm_scalar: float           # C
     state: TrainState
-    history: list[dict[str, float]]
+    history: list[dict[str, float]]  # one row per log step (names in raysae.metrics)
     steps: int
-    data_position: int
+    data_position: int           # the source's position after the last batch trained on
     seconds: float
+    truncated: bool = False      # the data ran out before config.steps
 
 
-def _unpack(item: Any) -> np.ndarray:
-    if isinstance(item, tuple) and len(item) == 2 and np.isscalar(item[0]):
-        return item[1]
-    return item
-
-
-def _check_batch(batch: np.ndarray, width: int | None, index: int) -> None:
+def _check_batch(batch: Any, width: int | None, where: str) -> None:
     if getattr(batch, "ndim", None) != 2:
-        raise TrainingDataError(f"batch {index}: expected a 2-D array [B, d], got "
-                                f"shape {getattr(batch, 'shape', type(batch).__name__)}")
+        raise TrainingDataError(f"{where}: expected a 2-D array [B, d], got "
+                                f"{getattr(batch, 'shape', type(batch).__name__)}")
     if width is not None and batch.shape[1] != width:
-        raise TrainingDataError(f"batch {index}: width {batch.shape[1]} but this SAE expects "
-                                f"{width}")
+        raise TrainingDataError(f"{where}: width {batch.shape[1]} but this SAE expects {width}")
 
 
-def _open(data: DataSource, start: int) -> Iterable[Any]:
-    if callable(data):
-        return data(start)
-    return itertools.islice(data, start, None)
-
-
-def train(config: TrainConfig, data: DataSource, *, d: int | None = None,
-          d_out: int | None = None, norm_scalar: float = 1.0, inputs_normalized: bool = False,
-          checkpoint_url: str | None = None, resume: bool = True,
+def train(config: TrainConfig, data: Any, *, norm_scalar: float, d: int | None = None,
+          d_out: int | None = None, checkpoint_url: str | None = None, resume: bool = True,
           on_metrics: Callable[[int, dict[str, float]], None] | None = None,
           on_checkpoint: Callable[[str, int], None] | None = None,
-          checkpoint_extra: Callable[[], dict] | None = None,
-          step_fn: Callable | None = None, place: Callable[[np.ndarray], jax.Array] | None = None,
-          state: TrainState | None = None, write_checkpoints: bool = True) -> TrainResult:
-    """Train one SAE (or transcoder) per `config` on `data`. See the module docstring."""
+          mesh: Mesh | None = None, devices: list | None = None, local_batches: bool = False,
+          prefetch_batches: int = 2, state: TrainState | None = None,
+          on_split: Callable[[MeshSplit], None] | None = None,
+          write_checkpoints: bool | None = None) -> TrainResult:
+    """Train one SAE (or transcoder) per `config`.
+
+    Args:
+        config: the recipe.
+        data: a `BatchSource` (e.g. `raysae.data.LocalSource`), a callable `start -> iterable`
+            or an iterable of raw [B, d] batches ([B, d_in + d_out] side by side for a
+            transcoder; with `local_batches` only this process's rows of each batch).
+        norm_scalar: C, by which every input (and a transcoder's target) is divided; pass
+            1.0 only for data that is already normalised.
+        d, d_out: input and output widths (default: from the first batch).
+        checkpoint_url: where checkpoints go (any fsspec URL); with `resume`, training
+            continues from the latest one there.
+        on_metrics: called as (step, row) every `log_every` steps and at the end.
+        on_checkpoint: called as (checkpoint URL, step) after each checkpoint.
+        mesh / devices: the device mesh, or the devices to choose one over (default: every
+            device of the job, split by `mesh.mesh_for`).
+        state: a state to start from (e.g. around an unfolded release) instead of the init.
+        on_split: called with the chosen data × model split.
+        write_checkpoints: whether this process writes (default: process 0 only).
+    Returns:
+        A `TrainResult`.
+    Raises:
+        TrainingDataError for a bad batch (NaN/Inf: the parameters never saw it);
+        CheckpointError for a checkpoint that does not fit this run.
+    """
+    if not (isinstance(norm_scalar, (int, float)) and np.isfinite(norm_scalar) and norm_scalar > 0):
+        raise ValueError(f"norm_scalar: C must be a positive number, got {norm_scalar!r}")
+    norm_scalar = float(norm_scalar)
     t0 = time.perf_counter()
-    place = place or jnp.asarray
-    start = 0
+    write = jax.process_index() == 0 if write_checkpoints is None else write_checkpoints
+    position: int | None = None
     if checkpoint_url and resume:
         ckpt_url = latest_checkpoint(checkpoint_url)
         if ckpt_url is not None:
             ckpt = load_checkpoint(ckpt_url, config)
-            state, start = ckpt.state, ckpt.data_position
-            norm_scalar, d, d_out = ckpt.norm_scalar, ckpt.d, ckpt.d_out
-            log.info("resuming from %s (step %d, batch %d)", ckpt_url, ckpt.step, start)
+            if not np.isclose(ckpt.norm_scalar, norm_scalar, rtol=1e-6):
+                raise CheckpointError(f"{ckpt_url}: trained with C={ckpt.norm_scalar}, but this "
+                                      f"run divides by C={norm_scalar} (different data?)")
+            state, position, d, d_out = ckpt.state, ckpt.data_position, ckpt.d, ckpt.d_out
+            log.info("resuming from %s (step %d, batch %d)", ckpt_url, ckpt.step, position)
 
-    iterator = iter(_open(data, start))
-    consumed = start
-    history: list[dict[str, float]] = []
-    scale = 1.0 if inputs_normalized else 1.0 / norm_scalar
+    run = _Run(config, norm_scalar, checkpoint_url, write, on_metrics, on_checkpoint)
+    if state is not None and int(host_array(state.step)) >= config.steps:  # already done
+        run.begin(state, d, d_out, position or 0)
+        return run.finish(state, t0)
+    batches = as_source(data).open(position)
+    try:
+        first = next(batches, None)
+        if first is None:
+            raise TrainingDataError("the data yielded no batches"
+                                    + (f" from position {position}" if position else ""))
+        _check_batch(first, None, f"batch {batches.position - 1}")
+        if d is None:
+            d = first.shape[1] // 2 if config.transcoder else first.shape[1]
+        if d_out is None:
+            d_out = first.shape[1] - d if config.transcoder else d
+        if mesh is None:
+            mesh, split = mesh_for(config, d, devices)
+            if on_split:
+                on_split(split)
+        step_fn = ShardedStep(config, mesh, norm_scalar)
+        sharding = NamedSharding(mesh, BATCH_SPEC)
+        rows = config.batch_size if local_batches else None
+        width = d + d_out if config.transcoder else d
 
-    def split(batch: np.ndarray):
-        if not config.transcoder:
-            return batch, None
-        return batch[:, :d], batch[:, d:]
+        def place(item):
+            pos, batch = item
+            _check_batch(batch, width, f"batch {pos - 1}")
+            if not config.transcoder:
+                return pos, place_batch(batch, sharding, rows), None
+            return (pos, place_batch(batch[:, :d], sharding, rows),
+                    place_batch(batch[:, d:], sharding, rows))
 
-    def sync(state: TrainState, metrics, step: int) -> None:
-        bad = int(state.first_bad_step)
+        def items():
+            yield batches.position, first
+            for batch in batches:  # the position after reading = the next batch's index
+                yield batches.position, batch
+
+        if state is None:
+            state = init_state(config, d, d_out=d_out)
+        state = step_fn.place_state(state)
+        run.begin(state, d, d_out, position or 0)
+        if run.step < config.steps:
+            with contextlib.closing(prefetch(items(), place, prefetch_batches)) as placed:
+                for pos, x, target in placed:
+                    state, step_metrics = step_fn(state, x, target)
+                    run.after_step(state, step_metrics, pos)
+                    if run.step >= config.steps:
+                        break
+    finally:
+        close(batches)
+    return run.finish(state, t0)
+
+
+class _Run:
+    """The loop's bookkeeping: step count, position, history, checkpoints, NaN checks."""
+
+    def __init__(self, config, norm_scalar, checkpoint_url, write, on_metrics, on_checkpoint):
+        self.config, self.C, self.url, self.write = config, norm_scalar, checkpoint_url, write
+        self.on_metrics, self.on_checkpoint = on_metrics, on_checkpoint
+        self.history: list[dict[str, float]] = []
+        self.step0 = None
+        self.metrics = None
+
+    def begin(self, state: TrainState, d: int, d_out: int, position: int) -> None:
+        self.step = self.step0 = int(host_array(state.step))
+        self.d = state.params.W_enc.shape[0] if d is None else d
+        self.d_out = state.params.W_dec.shape[1] if d_out is None else d_out
+        self.position = self.start = position
+
+    def _sync(self, state: TrainState, metrics, step: int) -> None:
+        bad = int(host_array(state.first_bad_step))
         if bad >= 0:
             raise TrainingDataError(
-                f"batch {start + bad - step0} (step {bad}) contains NaN or Inf; the parameters were not updated with it"
-                + (f"; the last checkpoint under {checkpoint_url} is intact" if checkpoint_url else ""))
+                f"batch {self.start + bad - self.step0} (step {bad}) contains NaN or Inf; the "
+                "parameters were not updated with it"
+                + (f"; the last checkpoint under {self.url} is intact" if self.url else ""))
         if metrics is not None:
             row = {k: float(v) for k, v in metrics._asdict().items()}
-            row["step"] = step
-            history.append(row)
-            if on_metrics:
-                on_metrics(step, row)
+            row[names.STEP] = step
+            row[names.TOKENS] = step * self.config.batch_size
+            self.history.append(row)
+            if self.on_metrics:
+                self.on_metrics(step, row)
 
-    def checkpoint(state: TrainState, step: int, consumed: int) -> None:
-        url = save_checkpoint(checkpoint_url, state, config=config, norm_scalar=norm_scalar,
-                              d=d, d_out=d_out, data_position=consumed,
-                              extra=checkpoint_extra() if checkpoint_extra else None,
-                              write=write_checkpoints)
-        if on_checkpoint:
-            on_checkpoint(url, step)
+    def _checkpoint(self, state: TrainState, step: int) -> None:
+        url = save_checkpoint(self.url, state, config=self.config, norm_scalar=self.C,
+                              d=self.d, d_out=self.d_out, data_position=self.position,
+                              write=self.write)
+        if self.on_checkpoint:
+            self.on_checkpoint(url, step)
 
-    step = step0 = int(state.step) if state is not None else 0
-    metrics = None
-    while step < config.steps:
-        try:
-            item = next(iterator)
-        except StopIteration:
-            break
-        batch = _unpack(item)
-        _check_batch(batch, None, consumed)
-        if state is None:
-            if d is None:
-                d = batch.shape[1] // 2 if config.transcoder else batch.shape[1]
-            if d_out is None:
-                d_out = (batch.shape[1] - d) if config.transcoder else d
-            state = init_state(config, d, d_out=d_out)
-        width = d + d_out if config.transcoder else d
-        _check_batch(batch, width, consumed)
-        if step_fn is None:
-            step_fn = jit_train_step(config, transcoder_target=config.transcoder)
-        x, target = split(batch)
-        x = place(x) * scale
-        if target is None:
-            state, metrics = step_fn(state, x)
-        else:
-            state, metrics = step_fn(state, x, place(target) * scale)
-        consumed += 1
-        step += 1
+    def after_step(self, state: TrainState, metrics, position: int) -> None:
+        self.step += 1
+        self.position, self.metrics = position, metrics
         # Checkpoint before reporting, so a report (or a crash in it) never outruns the
         # newest checkpoint.
-        if checkpoint_url and (step % config.checkpoint_every == 0):
-            sync(state, None, step)
-            checkpoint(state, step, consumed)
-        if step % config.log_every == 0 or step == config.steps:
-            sync(state, metrics, step)
-    if state is None:
-        raise TrainingDataError("the data yielded no batches" + (f" after batch {start}" if start else ""))
-    step = int(state.step)
-    if metrics is not None and (not history or history[-1]["step"] != step):
-        sync(state, metrics, step)
-    else:
-        sync(state, None, step)
-    if checkpoint_url and step % config.checkpoint_every != 0 and step > 0:
-        checkpoint(state, step, consumed)
-    # _host gathers arrays sharded across processes (every process must get here).
-    params = jax.tree.map(_host, state.params)
-    return TrainResult(params=params,
-                       folded=fold(params, norm_scalar, pre_encoder_bias=not config.transcoder),
-                       norm_scalar=norm_scalar, state=state, history=history, steps=step,
-                       data_position=consumed, seconds=time.perf_counter() - t0)
+        if self.url and self.step % self.config.checkpoint_every == 0:
+            self._sync(state, None, self.step)
+            self._checkpoint(state, self.step)
+        if self.step % self.config.log_every == 0 or self.step == self.config.steps:
+            self._sync(state, metrics, self.step)
+
+    def finish(self, state: TrainState, t0: float) -> TrainResult:
+        step = int(host_array(state.step))
+        logged = self.history and self.history[-1][names.STEP] == step
+        self._sync(state, None if logged else self.metrics, step)
+        if self.url and step % self.config.checkpoint_every != 0 and step > self.step0:
+            self._checkpoint(state, step)
+        truncated = step < self.config.steps
+        if truncated:
+            log.warning("the data ran out after %d of %d steps", step, self.config.steps)
+        # host_array gathers arrays sharded across processes (every process gets here).
+        params = jax.tree.map(host_array, state.params)
+        return TrainResult(params=params,
+                           folded=fold(params, self.C, pre_encoder_bias=not self.config.transcoder),
+                           norm_scalar=self.C, state=state, history=self.history, steps=step,
+                           data_position=self.position, seconds=time.perf_counter() - t0,
+                           truncated=truncated)

@@ -1,22 +1,12 @@
-"""Device mesh, partition rules and the automatic data × model split for SAE training.
+"""The (data, model) device mesh, its partition rules and the choice of the split.
 
-A 2-D mesh with axes ``("data", "model")`` spans every device of the job (one host or many).
-The rules (Gemma Scope §4.2, Megatron on the latent axis M):
-
-    W_enc [d, M]  P(None, "model")        W_dec [M, d]  P("model", None)
-    b_enc, θ [M]  P("model")              b_dec [d]     P()   (replicated)
-    batch [B, d]  P("data", None)         step counters, scalars: replicated
-
-so every latent-indexed tensor (and the Adam moments, `last_fired`) is split over "model"
-and replicated over "data". A model split then only all-reduces [B, d]-sized tensors
-(the reconstruction, the b_dec gradient) and scalars; a data split all-reduces gradients.
-`model=1` is pure data parallelism, `data=1` pure Megatron, anything between mixes them.
-
-`choose_degrees` picks the split with the paper's rule: the smallest data degree whose
-host-to-device transfer of the batch is a bit below the step time (a simple cost model
-over a `DeviceProfile`), among splits that divide the batch and width and fit in memory.
-TrainConfig.data_parallel / model_parallel override it; a degree that does not divide
-the batch or the width is a ConfigError naming the field.
+Axes ``("data", "model")`` span every device of the job. Rules (Gemma Scope §4.2, Megatron
+on the latent axis M): W_enc [d, M] P(None, "model"); W_dec [M, d] P("model", None);
+b_enc, θ [M] P("model"); b_dec [d] replicated; the batch [B, d] P("data", None). A model
+split then only all-reduces [B, d]-sized tensors and scalars; a data split all-reduces
+gradients. `choose_degrees` takes the smallest data degree whose host-to-device transfer
+stays below the step time (a cost model over a `DeviceProfile`), among splits that divide
+the batch and width and fit in memory; TrainConfig.data_parallel / model_parallel override.
 """
 
 from __future__ import annotations
@@ -130,7 +120,7 @@ def detect_profile(device=None, compute_dtype: str = "float32") -> DeviceProfile
 
 
 @dataclasses.dataclass(frozen=True)
-class Plan:
+class MeshSplit:
     """A chosen split and the cost-model estimates behind it (seconds, bytes per device)."""
 
     data: int
@@ -163,7 +153,7 @@ def estimate(batch: int, d: int, width: int, data: int, model: int, profile: Dev
 def choose_degrees(width: int, d: int, batch: int, num_devices: int, *,
                    profile: DeviceProfile | None = None, local_devices: int | None = None,
                    data_parallel: int | None = None, model_parallel: int | None = None,
-                   headroom: float = 0.9) -> Plan:
+                   headroom: float = 0.9) -> MeshSplit:
     """The (data, model) split for a run: overrides if given, else the paper's rule.
 
     Candidates are splits with data | batch and model | width. The rule: the smallest data
@@ -177,7 +167,7 @@ def choose_degrees(width: int, d: int, batch: int, num_devices: int, *,
         data = data_parallel or num_devices // model_parallel
         model = num_devices // data
         s, t, m = estimate(batch, d, width, data, model, profile, local_devices)
-        return Plan(data, model, s, t, m, "set in config")
+        return MeshSplit(data, model, s, t, m, "set in config")
     candidates = []
     for data in range(1, num_devices + 1):
         model = num_devices // data
@@ -191,9 +181,9 @@ def choose_degrees(width: int, d: int, batch: int, num_devices: int, *,
     fits = [c for c in candidates if c[4] <= profile.memory_bytes] or candidates
     for data, model, s, t, m in fits:
         if t <= headroom * s:
-            return Plan(data, model, s, t, m, "smallest data degree with transfer below step time")
+            return MeshSplit(data, model, s, t, m, "smallest data degree with transfer below step time")
     data, model, s, t, m = fits[-1]
-    return Plan(data, model, s, t, m, "transfer-bound: largest data degree")
+    return MeshSplit(data, model, s, t, m, "transfer-bound: largest data degree")
 
 
 def _check_overrides(width: int, batch: int, n: int, data: int | None, model: int | None) -> None:
@@ -214,18 +204,17 @@ def _check_overrides(width: int, batch: int, n: int, data: int | None, model: in
 
 
 def mesh_for(config, d: int, devices: list | None = None,
-             profile: DeviceProfile | None = None) -> tuple[Mesh, Plan]:
+             profile: DeviceProfile | None = None) -> tuple[Mesh, MeshSplit]:
     """The mesh a TrainConfig should train on over `devices` (default: all of the job's)."""
     devices = list(jax.devices() if devices is None else devices)
     local = sum(1 for x in devices if x.process_index == jax.process_index())
-    plan = choose_degrees(config.width, d, config.batch_size, len(devices),
-                          profile=profile or detect_profile(devices[0], config.compute_dtype),
-                          local_devices=local,
-                          data_parallel=getattr(config, "data_parallel", None),
-                          model_parallel=getattr(config, "model_parallel", None))
-    return make_mesh(plan.data, plan.model, devices), plan
+    split = choose_degrees(config.width, d, config.batch_size, len(devices),
+                           profile=profile or detect_profile(devices[0], config.compute_dtype),
+                           local_devices=local, data_parallel=config.data_parallel,
+                           model_parallel=config.model_parallel)
+    return make_mesh(split.data, split.model, devices), split
 
 
 __all__ = ["DATA", "MODEL", "PARAM_SPECS", "BATCH_SPEC", "make_mesh", "state_specs",
-           "shardings", "DeviceProfile", "detect_profile", "Plan", "step_flops", "estimate",
+           "shardings", "DeviceProfile", "detect_profile", "MeshSplit", "step_flops", "estimate",
            "choose_degrees", "mesh_for"]

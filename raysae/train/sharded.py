@@ -1,25 +1,14 @@
-"""Sharded training: the train step jitted over a (data, model) mesh, global batches, prefetch.
+"""The train step on a (data, model) device mesh, global batches and a prefetch thread.
 
-`ShardedStep` wraps `step.train_step` in `jax.jit` with in/out shardings from
-`mesh.state_specs` (params, Adam moments and `last_fired` split on "model", the batch on
-"data"; metrics replicated) and the state donated. The math is the single-device step:
-XLA's SPMD partitioner inserts the collectives (see mesh.py for which ones).
-
-Batches become global arrays with `jax.make_array_from_process_local_data`: each process
-hands over either the whole global batch (every process reads the same stream; each keeps
-its rows) or only its own rows (`local_rows` says which). `prefetch` runs that placement
-in a background thread a few batches ahead, so reading the next batch and its
-host-to-device copy overlap with the step running on the devices.
-
-`train_sharded` plugs all this into `loop.train` (via `step_fn=` and `place=`): the same
-loop, checkpoints (gathered to host arrays, so they load unsharded and back) and resume.
-In a multi-process job every process calls it with the same config after
-`distributed.initialize`; only process 0 writes checkpoints.
+`ShardedStep` jits `step.train_step` with the partition rules of `mesh.state_specs` and the
+state donated, and divides the raw batch by C inside the jitted function: the one place the
+normalisation is applied. XLA's SPMD partitioner inserts the collectives (mesh.py says
+which). Batches become global arrays with `jax.make_array_from_process_local_data`, placed
+in a background thread a few batches ahead (`prefetch`).
 """
 
 from __future__ import annotations
 
-import itertools
 import queue
 import threading
 from typing import Any, Callable, Iterable, Iterator
@@ -28,10 +17,9 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from raysae.train.checkpoint import _host
+from raysae.train.checkpoint import host_array
 from raysae.train.config import TrainConfig
-from raysae.train.loop import TrainResult, train
-from raysae.train.mesh import BATCH_SPEC, Plan, mesh_for, shardings, state_specs
+from raysae.train.mesh import BATCH_SPEC, shardings, state_specs
 from raysae.train.step import TrainState, train_step
 
 
@@ -47,7 +35,7 @@ def place_state(state: TrainState, mesh: Mesh) -> TrainState:
     def put(x, sharding):
         if isinstance(x, jax.Array) and x.sharding == sharding:
             return x
-        host = _host(x)
+        host = host_array(x)
         return jax.make_array_from_callback(host.shape, sharding, lambda idx: host[idx])
 
     return jax.tree.map(put, state, target)
@@ -71,8 +59,11 @@ def local_rows(sharding: NamedSharding, global_shape: tuple[int, ...]) -> slice:
 def place_batch(batch: Any, sharding: NamedSharding, global_rows: int | None = None) -> jax.Array:
     """A numpy batch -> a global array sharded on "data".
 
-    `global_rows=None`: `batch` is the whole global batch (the same on every process).
-    Otherwise `batch` holds only this process's rows (`local_rows`) of a `global_rows` batch.
+    Args:
+        batch: the whole global batch (the same on every process), or with `global_rows`
+            only this process's `local_rows` of it.
+        sharding: the batch sharding.
+        global_rows: the global batch's rows when `batch` is this process's part.
     """
     if isinstance(batch, jax.Array) and batch.sharding == sharding:
         return batch
@@ -84,15 +75,16 @@ def place_batch(batch: Any, sharding: NamedSharding, global_rows: int | None = N
 _END = object()
 
 
-def prefetch(items: Iterable[Any], place: Callable[[Any], Any], size: int = 2) -> Iterator[Any]:
-    """Yield `place(item)` for each item, placing up to `size` items ahead in a thread.
+def prefetch(items: Iterable[Any], fn: Callable[[Any], Any], size: int = 2,
+             join_s: float = 60.0) -> Iterator[Any]:
+    """Yield `fn(item)` for each item, computing up to `size` ahead in a thread.
 
-    Items may be arrays or `(index, array)` pairs (the stream's form; the index is kept).
-    Errors in reading or placing are re-raised in the consumer. Closing the iterator
-    (or dropping it) stops the thread.
+    Errors in reading or in `fn` are re-raised in the consumer. Closing the iterator stops
+    the thread and waits (up to `join_s`) until it has left `items`, so the caller can then
+    close what the items come from.
     """
     if size <= 0:
-        yield from (_place_item(item, place) for item in items)
+        yield from (fn(item) for item in items)
         return
     out: queue.Queue = queue.Queue(maxsize=size)
     stop = threading.Event()
@@ -100,74 +92,80 @@ def prefetch(items: Iterable[Any], place: Callable[[Any], Any], size: int = 2) -
     def produce():
         try:
             for item in items:
-                placed = _place_item(item, place)
+                placed = fn(item)
                 while not stop.is_set():
                     try:
-                        out.put(("ok", placed), timeout=0.1)
+                        out.put((True, placed), timeout=0.1)
                         break
                     except queue.Full:
                         continue
                 if stop.is_set():
                     return
-            out.put(("ok", _END))
+            out.put((True, _END))
         except BaseException as e:  # noqa: BLE001 - handed to the consumer
-            out.put(("error", e))
+            out.put((False, e))
 
     thread = threading.Thread(target=produce, name="raysae-prefetch", daemon=True)
     thread.start()
     try:
         while True:
-            kind, value = out.get()
-            if kind == "error":
+            ok, value = out.get()
+            if not ok:
                 raise value
             if value is _END:
                 return
             yield value
     finally:
         stop.set()
-
-
-def _place_item(item: Any, place: Callable[[Any], Any]) -> Any:
-    if isinstance(item, tuple) and len(item) == 2 and np.isscalar(item[0]):
-        return item[0], place(item[1])
-    return place(item)
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                out.get_nowait()
+            except queue.Empty:
+                pass
+            thread.join(timeout=0.05)
+            join_s -= 0.05
+            if join_s <= 0:
+                break
 
 
 class ShardedStep:
-    """The train step for `config` on `mesh`: `step(state, x)` or `step(state, x, target)`.
+    """The train step for `config` on `mesh`, on raw batches divided by C here.
 
-    Compiles on first use from the state's shapes; a state not yet on the mesh (a fresh
-    `init_state`, or one loaded from a checkpoint) is placed there first.
+    `step(state, x)` or `step(state, x, target)`; compiles on first use from the state's
+    shapes. `place_state` puts a host state (fresh or from a checkpoint) on the mesh.
     """
 
-    def __init__(self, config: TrainConfig, mesh: Mesh):
-        self.config, self.mesh = config, mesh
+    def __init__(self, config: TrainConfig, mesh: Mesh, norm_scalar: float):
+        self.config, self.mesh, self.norm_scalar = config, mesh, float(norm_scalar)
         self.batch_sharding = NamedSharding(mesh, BATCH_SPEC)
         self._jitted: dict[bool, Callable] = {}
         self._state_sh = None
 
+    def place_state(self, state: TrainState) -> TrainState:
+        return place_state(state, self.mesh)
+
     def lower(self, state: Any, x: Any, target: Any = None):
         """`jax.jit(...).lower` of the step (for inspecting HLO and memory)."""
-        return self._fn(state, target is not None).lower(*((state, x) if target is None
-                                                           else (state, x, target)))
+        args = (state, x) if target is None else (state, x, target)
+        return self._fn(state, target is not None).lower(*args)
 
     def _fn(self, state: Any, has_target: bool) -> Callable:
         if has_target not in self._jitted:
-            self._state_sh = state_shardings(self.mesh, jax.eval_shape(lambda: state))
+            state_sh = self._state_sh = state_shardings(self.mesh, jax.eval_shape(lambda: state))
             replicated = NamedSharding(self.mesh, P())
-            config = self.config
+            config, C = self.config, self.norm_scalar
             if has_target:
-                fn = lambda s, x, t: train_step(s, x, t, config)  # noqa: E731
-                ins = (self._state_sh, self.batch_sharding, self.batch_sharding)
+                fn = lambda s, x, t: train_step(s, x / C, t / C, config)  # noqa: E731
+                ins = (state_sh, self.batch_sharding, self.batch_sharding)
             else:
-                fn = lambda s, x: train_step(s, x, None, config)  # noqa: E731
-                ins = (self._state_sh, self.batch_sharding)
+                fn = lambda s, x: train_step(s, x / C, None, config)  # noqa: E731
+                ins = (state_sh, self.batch_sharding)
             self._jitted[has_target] = jax.jit(fn, in_shardings=ins,
-                                               out_shardings=(self._state_sh, replicated),
+                                               out_shardings=(state_sh, replicated),
                                                donate_argnums=0)
         return self._jitted[has_target]
 
-    def __call__(self, state: TrainState, x: jax.Array, target: jax.Array | None = None):
+    def __call__(self, state: TrainState, x: Any, target: Any = None):
         fn = self._fn(state, target is not None)
         w = state.params.W_enc
         if not (isinstance(w, jax.Array) and w.sharding == self._state_sh.params.W_enc):
@@ -178,49 +176,5 @@ class ShardedStep:
         return fn(state, x, place_batch(target, self.batch_sharding))
 
 
-def train_sharded(config: TrainConfig, data: Any, *, d: int | None = None,
-                  d_out: int | None = None, mesh: Mesh | None = None,
-                  devices: list | None = None, local_batches: bool = False,
-                  prefetch_batches: int = 2, state: TrainState | None = None,
-                  on_plan: Callable[[Plan], None] | None = None,
-                  **train_kwargs: Any) -> TrainResult:
-    """`loop.train` on a mesh over `devices` (default: every device of the job).
-
-    `data` is what `loop.train` takes (an iterable, or `start -> iterable`). With
-    `local_batches=False` every process yields the same global [B, ·] batches; with True
-    each yields only its `local_rows` of them. The mesh is `mesh`, or chosen by
-    `mesh.mesh_for` (config overrides, else the cost model) once d is known (from `d` or
-    the first batch). Other keyword arguments go to `loop.train`; checkpoints are written
-    by process 0 only unless `write_checkpoints` is given.
-    """
-    train_kwargs.setdefault("write_checkpoints", jax.process_index() == 0)
-    holder: dict[str, Any] = {"mesh": mesh}
-
-    def get_mesh(width_in: int) -> Mesh:
-        if holder["mesh"] is None:
-            in_dim = d if d is not None else (width_in // 2 if config.transcoder else width_in)
-            holder["mesh"], plan = mesh_for(config, in_dim, devices)
-            if on_plan:
-                on_plan(plan)
-        return holder["mesh"]
-
-    def place(batch: Any) -> jax.Array:
-        sharding = NamedSharding(get_mesh(batch.shape[1]), BATCH_SPEC)
-        rows = config.batch_size if local_batches else None
-        return place_batch(batch, sharding, rows)
-
-    def source(start: int) -> Iterator[Any]:
-        items = data(start) if callable(data) else itertools.islice(data, start, None)
-        return prefetch(items, place, prefetch_batches)
-
-    def step_fn(state: TrainState, x: jax.Array, target: jax.Array | None = None):
-        if "step" not in holder:
-            holder["step"] = ShardedStep(config, get_mesh(x.shape[1]))
-        return holder["step"](state, x, target)
-
-    return train(config, source, d=d, d_out=d_out, step_fn=step_fn, place=lambda b: b,
-                 state=state, **train_kwargs)
-
-
 __all__ = ["state_shardings", "place_state", "local_rows", "place_batch", "prefetch",
-           "ShardedStep", "train_sharded"]
+           "ShardedStep"]

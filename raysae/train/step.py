@@ -1,13 +1,9 @@
-"""The training state and one jitted optimisation step.
+"""The training state and one optimisation step on a normalised batch.
 
-`TrainState` (a NamedTuple pytree) holds params, the optax state, the step counter, the
-step at which each latent last fired (for the dead-latent fraction over a window, kept on
-device and sharded like θ) and `first_bad_step`, the first step whose batch held NaN/Inf.
-
-`train_step` is pure: a batch with NaN/Inf leaves the state untouched (a `where` over the
-new and old state) and records the step in `first_bad_step`, so the host loop can raise a
-clear error at its next sync point without ever having corrupted the parameters, and
-without a device-to-host sync on every step.
+`TrainState` (a NamedTuple pytree) holds params, the optax state, the step counter, the step
+each latent last fired (for the dead fraction over a window) and `first_bad_step`. A batch
+with NaN/Inf leaves the state untouched and records its step there, so the host loop raises
+a clear error at its next sync without a device-to-host sync on every step.
 """
 
 from __future__ import annotations
@@ -97,12 +93,3 @@ def train_step(state: TrainState, x: jax.Array, target: jax.Array | None,
                           sparsity_coefficient=jnp.asarray(lam, jnp.float32),
                           lr=jnp.asarray(lr, jnp.float32), dead_fraction=jnp.mean(dead))
     return kept, metrics
-
-
-def jit_train_step(config: TrainConfig, transcoder_target: bool = False):
-    """`train_step` jitted for `config`, with the state donated (updated in place)."""
-    if transcoder_target:
-        fn = lambda state, x, target: train_step(state, x, target, config)  # noqa: E731
-    else:
-        fn = lambda state, x: train_step(state, x, None, config)  # noqa: E731
-    return jax.jit(fn, donate_argnums=0)

@@ -1,0 +1,126 @@
+"""One trial of a sweep, the same code whatever its resources: train, evaluate, save.
+
+`run_trial(plan, reporter)` runs in the trial's own process (one host) or in every process
+of a JaxTrainer job (several hosts, a TPU slice); `raysae.train.train` puts the SAE on a
+mesh over every device of the job either way. Checkpoints go to the plan's URL on the
+sweep's storage and the reporter hands Tune a pointer to each one. Process 0 then evaluates
+the folded SAE, saves it (Gemma Scope npz, SAELens) and writes ``result.json`` beside it
+last: its presence means the trial is complete. No Ray here: the reporter is Tune's or
+Ray Train's, given by the caller.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Protocol
+
+import jax
+
+from raysae import metrics as names
+from raysae import storage
+from raysae.data.local import LocalSource
+from raysae.data.shards import Manifest
+from raysae.sites import SAESite
+from raysae.sweep.spec import SweepConfig
+from raysae.train.config import TrainConfig
+
+RESULT_NAME = "result.json"  # the final metrics, beside the saved SAE
+
+
+class Reporter(Protocol):
+    def __call__(self, metrics: dict, checkpoint_url: str | None = None) -> None:
+        """Report metrics (every process, at the same steps), with the newest checkpoint."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrialPlan:
+    """Everything a trial's processes need; picklable."""
+
+    sweep: SweepConfig
+    site: str                    # the SAESite, as a string
+    train: TrainConfig
+    manifest_url: str
+    trial_id: str
+    sae_url: str                 # where the saved SAE and result.json go
+    checkpoint_url: str          # the training checkpoints, on the sweep's storage
+    stream: str | None           # the shared stream's name (None: read the cache directly)
+    join_at: int | None = None   # where a fresh trial joins the shared stream
+
+    @property
+    def result_url(self) -> str:
+        return storage.join(self.sae_url, RESULT_NAME)
+
+
+def data_source(plan: TrialPlan, process_index: int):
+    """The trial's BatchSource: the shared stream (one consumer id per process) or the cache."""
+    if plan.stream is None:
+        return LocalSource(plan.manifest_url, plan.train.batch_size, plan.sweep.stream)
+    from raysae.stream import SharedSource  # the Ray edge: only trials on brokers need it
+
+    return SharedSource(plan.stream, f"{plan.trial_id}-p{process_index}", plan.join_at)
+
+
+def run_trial(plan: TrialPlan, report: Reporter) -> dict:
+    """Train the plan's SAE, then (process 0) evaluate and save it; returns the final row.
+
+    Args:
+        plan: the trial.
+        report: called as report(metrics, checkpoint_url) at the same steps in every process.
+    """
+    from raysae.sweep.evaluate import final_evaluation
+    from raysae.train import train
+
+    manifest = Manifest.load(plan.manifest_url)
+    source = data_source(plan, jax.process_index())
+    tc = plan.train
+    last: dict = {}
+    pending: list[str] = []
+
+    def extras() -> dict:  # the shared stream's counters
+        return source.metrics() if hasattr(source, "metrics") else {}
+
+    def on_metrics(step: int, row: dict) -> None:
+        last.clear()
+        last.update(row)
+        report({**row, **extras()}, pending.pop() if pending else None)
+
+    def on_checkpoint(url: str, step: int) -> None:
+        pending[:] = [url]
+        if step % tc.log_every and step < tc.steps:  # not riding on a metrics report
+            report({**last, names.STEP: step, **extras()}, pending.pop())
+
+    result = train(tc, source, norm_scalar=manifest.norm_scalar,
+                   d=manifest.d, d_out=manifest.d if tc.transcoder else None,
+                   checkpoint_url=plan.checkpoint_url, on_metrics=on_metrics,
+                   on_checkpoint=on_checkpoint)
+    final = dict(result.history[-1]) if result.history else dict(last)
+    final.update({names.STEP: result.steps, "processes": jax.process_count(),
+                  "devices": jax.device_count()})
+    if jax.process_index() == 0:
+        if plan.sweep.final_eval.enabled:
+            final.update(final_evaluation(plan.sweep, plan.site, plan.manifest_url, result.folded))
+        save_sae(plan, manifest, result)
+        final[names.SAE_URL] = plan.sae_url
+    report({**final, **extras()}, pending.pop() if pending else None)
+    if jax.process_index() == 0:
+        # Written last: its presence means "this trial is complete".
+        storage.write_bytes_atomic(plan.result_url, json.dumps({**final, **extras()}).encode())
+    return final
+
+
+def save_sae(plan: TrialPlan, manifest: Manifest, result) -> None:
+    """The folded SAE (raw activation space) in the formats the sweep asks for."""
+    from raysae.sae import formats
+
+    sweep, tc = plan.sweep, plan.train
+    if "npz" in sweep.final_eval.formats:
+        formats.save_npz(result.folded, plan.sae_url)
+    if "saelens" in sweep.final_eval.formats:
+        formats.save_saelens(
+            result.folded, storage.join(plan.sae_url, "saelens"), model_name=sweep.model,
+            site=SAESite.parse(plan.site), context_size=sweep.eval.context_length,
+            extra={"sweep": sweep.name, "site": plan.site, "width": tc.width,
+                   "sparsity_coefficient": tc.sparsity_coefficient, "steps": result.steps,
+                   "tokens": result.steps * tc.batch_size, "norm_scalar": result.norm_scalar,
+                   "manifest": manifest.model})

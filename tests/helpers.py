@@ -1,0 +1,21 @@
+"""Shared test helpers: small activation caches of known dictionaries."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from raysae.data import Manifest, write_shard
+from raysae.synthetic import SparseDictionary
+
+
+def write_cache(url: str, site: str = "res:1", d: int = 32, shards: int = 2, rows: int = 2048,
+                norm_scalar: float = 1.3) -> str:
+    """A cache at `url` of rows from a 64-feature sparse dictionary in R^d; returns `url`."""
+    sd = SparseDictionary.random(d=d, n_features=64, active=3, seed=0)
+    rng = np.random.default_rng(0)
+    infos = [write_shard(url, i, sd.sample(rows, rng)) for i in range(shards)]
+    kind, layer = site.split(":")
+    Manifest(model="synthetic", site=kind, layer=int(layer), d=d, rows_per_shard=rows,
+             total_rows=rows * shards, tokens=rows * shards, norm_scalar=norm_scalar,
+             shards=infos).save(url)
+    return url

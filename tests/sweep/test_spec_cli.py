@@ -1,0 +1,172 @@
+"""The sweep schema and `raysae sweep` errors: one line naming the field, exit 2, before any
+Ray work; relative paths resolved; presets parse."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import ray
+import yaml
+
+from raysae import storage
+from raysae.cli import main, sweep_file
+from raysae.config import ConfigError, from_dict
+from raysae.sweep import SweepConfig, load_sweep
+from raysae.sweep.launch import param_space
+from raysae.sweep.prepare import validate
+from tests.helpers import write_cache
+
+
+@pytest.fixture
+def sweep_yaml(tmp_path):
+    cache = write_cache(str(tmp_path / "cache"))
+    spec = {"name": "s", "storage": str(tmp_path / "runs"), "model": "tiny", "sites": ["res:1"],
+            "widths": [64, 128], "sparsity": {"grid": [0.001, 0.01]},
+            "train": {"batch_size": 256}, "data": {"manifest": cache}}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def run_cli(capsys, *args):
+    code = main(["sweep", *map(str, args)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("override, field", [
+    ("colour=blue", "colour: unknown key"),
+    ("train.colour=blue", "train.colour: unknown key"),
+    ("sparsity.grid=[0.01,-0.5]", "sparsity.grid[1]"),
+    ("train.sparsity_coefficient=-1", "train.sparsity_coefficient"),
+    ("resources.model_axis=3", "widths[0]: 64 is not divisible by resources.model_axis=3"),
+    ("data.manifest=/nonexistent/cache", "data.manifest"),
+    ("data.manifest=null", "data: give data.manifest"),
+    ("sites=[res:99]", "sites[0]"),
+    ("sites=[bogus:1]", "sites[0]"),
+    ("stream.batch_size=128", "stream.batch_size: unknown key"),
+    ("data.cache.context_length=1", "data.cache.context_length: must be >= 2"),
+    ("data.cache.colour=1", "data.cache.colour: unknown key"),
+    ("widths=[", "--set widths: not valid YAML"),
+    ("widths=[]", "widths"),
+    ("resources.tpu_topology=2x2", "resources.tpu_topology"),
+    ("storage=memory://runs", "storage: memory://runs is process-local"),
+])
+def test_bad_config_is_one_line_naming_the_field(capsys, sweep_yaml, override, field):
+    code, out, err = run_cli(capsys, sweep_yaml, "--set", override)
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert field in lines[0]
+    assert not ray.is_initialized()  # nothing touched a cluster
+
+
+def test_missing_file_and_bad_yaml(capsys, tmp_path):
+    code, _, err = run_cli(capsys, tmp_path / "nope.yaml")
+    assert code == 2 and "file not found" in err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sites: [res:1\n")
+    code, _, err = run_cli(capsys, bad)
+    assert code == 2 and "not valid YAML" in err
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing yet\n")
+    code, _, err = run_cli(capsys, empty)
+    assert code == 2 and "empty.yaml: the file is empty" in err
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("name: a\nwidths: [64]\nname: b\n")
+    code, _, err = run_cli(capsys, twice)
+    assert code == 2 and "twice.yaml: line 3: key 'name' is given twice" in err
+
+
+def test_check_accepts_a_good_file_and_counts_trials(capsys, sweep_yaml):
+    code, out, _ = run_cli(capsys, sweep_yaml, "--check", "--set", "tokens=25600")
+    assert code == 0
+    assert "4 trials, 100 steps each" in out
+
+
+def test_resume_without_a_sweep_is_an_error(capsys, sweep_yaml):
+    config = load_sweep(str(sweep_yaml))
+    from raysae.sweep.launch import run_sweep
+
+    with pytest.raises(ConfigError, match="--resume: no sweep to resume"):
+        run_sweep(config, resume=True)
+    assert not ray.is_initialized()
+
+
+def test_param_space_grid_and_distribution(sweep_yaml):
+    config = load_sweep(str(sweep_yaml))
+    space = param_space(config)
+    assert space["width"] == {"grid_search": [64, 128]}
+    assert space["sparsity_coefficient"] == {"grid_search": [0.001, 0.01]}
+    config = load_sweep(str(sweep_yaml), ["sparsity={distribution: loguniform, low: 1e-4, high: 1e-1, num_samples: 5}"])
+    assert config.num_trials() == 10
+    lam = param_space(config)["sparsity_coefficient"]
+    assert (lam.lower, lam.upper) == (1e-4, 1e-1)
+    with pytest.raises(ConfigError, match="sparsity.low"):
+        load_sweep(str(sweep_yaml), ["sparsity={distribution: loguniform, low: 0, high: 1}"])
+
+
+def test_embedded_tiny_sweep_is_valid():
+    config = load_sweep(sweep_file("tiny"))
+    validate(config)
+    assert config.num_trials() >= 6 and len(config.widths) >= 2 and len(config.sparsity.grid) >= 3
+
+
+def test_console_script_entry_point(sweep_yaml):
+    # `python -m raysae.cli` is what the `raysae` console script runs
+    p = subprocess.run([sys.executable, "-m", "raysae.cli", "sweep", str(sweep_yaml), "--set", "foo=1"],
+                       capture_output=True, text=True)
+    assert p.returncode == 2
+    assert p.stderr.strip().endswith("foo: unknown key (allowed: concurrency, data, eval, failure, "
+                                     "final_eval, model, name, resources, shared_stream, sites, "
+                                     "sparsity, storage, stream, tokens, tokens_by_width, train, widths)")
+    help_ = subprocess.run([sys.executable, "-m", "raysae.cli", "--help"], capture_output=True, text=True)
+    assert "sweep" in help_.stdout and "cache" in help_.stdout and "eval" in help_.stdout
+
+
+def test_help_lists_the_fields_set_accepts(capsys):
+    for command, fields in (("sweep", ["train.lr", "data.cache.context_length", "stream.seed"]),
+                            ("cache", ["context_length", "rows_per_shard"]),
+                            ("eval", ["num_sequences", "r_l0"])):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        out = capsys.readouterr().out
+        assert "fields for --set" in out and all(f in out for f in fields), command
+
+
+@pytest.mark.parametrize("name", ["gemma2-2b-res12", "gemma2-9b-res20-ladder", "gemma2-2b-all-layers"])
+def test_gemma_presets_parse(name):
+    config = load_sweep(sweep_file(f"sweeps/{name}.yaml").replace("sweeps/sweeps", "sweeps"))
+    assert config.model.startswith("gs://") and config.data.text is not None
+    assert min(config.steps_for(w) * config.train.batch_size for w in config.widths) > 4_000_000_000 - config.train.batch_size
+
+
+def test_resolved_makes_only_local_relative_paths_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    c = from_dict(SweepConfig, {"storage": "runs", "model": "tiny",
+                                "data": {"text": "python-stdlib", "cache_url": "cache/x"},
+                                "final_eval": {"text": "gs://b/eval/*.txt"}}).resolved()
+    assert c.storage == os.path.join(str(tmp_path), "runs")
+    assert c.data.cache_url == os.path.join(str(tmp_path), "cache/x")
+    assert c.data.text == "python-stdlib" and c.model == "tiny"
+    assert c.final_eval.text == "gs://b/eval/*.txt"
+    c2 = from_dict(SweepConfig, {"storage": "gs://bucket/s", "model": "ckpt/gemma",
+                                 "data": {"manifest": "memory://acts/{site}"}}).resolved()
+    assert c2.storage == "gs://bucket/s" and c2.data.manifest == "memory://acts/{site}"
+    assert c2.model == os.path.join(str(tmp_path), "ckpt/gemma")
+    c3 = from_dict(SweepConfig, {"model": "random:gemma-2-2b", "data": {"manifest": "acts"}}).resolved()
+    assert c3.model == "random:gemma-2-2b" and c3.data.manifest == os.path.join(str(tmp_path), "acts")
+    assert storage.absolute("file:///x/y") == "file:///x/y"
+
+
+def test_the_cache_section_is_typed_and_derived(tmp_path):
+    c = from_dict(SweepConfig, {"storage": str(tmp_path), "name": "n", "sites": ["res:1", "transcoder:2"],
+                                "data": {"text": "python-stdlib",
+                                         "cache": {"max_tokens": 1000, "context_length": 64}}})
+    from raysae.sweep.prepare import cache_config, manifest_url
+
+    job = cache_config(c)
+    assert job.max_tokens == 1000 and job.context_length == 64 and job.model == "tiny"
+    assert job.sites == ["res:1", "transcoder:2"] and job.inputs == ["python-stdlib"]
+    assert manifest_url(c, "transcoder:2") == storage.join(str(tmp_path), "n", "cache", "transcoder_2")
