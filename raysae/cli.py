@@ -62,6 +62,17 @@ def _add_sweep(subparsers) -> None:
     p.set_defaults(_run=run_sweep_command)
 
 
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Errors that mean bad input (a field, a file, the data), printed as one line."""
+    from raysae.activations.cache import CacheError
+    from raysae.activations.sources import InputError
+    from raysae.config import ConfigError
+    from raysae.data.shards import ShardError
+    from raysae.train.checkpoint import CheckpointError
+
+    return ConfigError, CacheError, InputError, ShardError, CheckpointError
+
+
 def run_sweep_command(args: argparse.Namespace) -> int:
     from raysae.config import ConfigError, load_config
     from raysae.sweep.prepare import validate
@@ -74,8 +85,10 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         print(f"raysae sweep: error: {e}", file=sys.stderr)
         return 2
     if args.check:
-        print(f"{args.file}: ok ({config.num_trials()} trials, {config.steps} steps each, "
-              f"results in {config.sweep_url})")
+        steps = sorted({config.steps_for(w) for w in config.widths})
+        each = f"{steps[0]} steps each" if len(steps) == 1 else \
+            "steps " + ", ".join(f"{config.steps_for(w)} at width {w}" for w in config.widths)
+        print(f"{args.file}: ok ({config.num_trials()} trials, {each}, results in {config.sweep_url})")
         return 0
     import ray
 
@@ -85,7 +98,7 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         ray.init(address=args.address)
     try:
         result = run_sweep(config, resume=args.resume, verbose=args.verbose)
-    except ConfigError as e:
+    except _user_errors() as e:
         print(f"raysae sweep: error: {e}", file=sys.stderr)
         return 2
     print()

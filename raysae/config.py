@@ -99,7 +99,17 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 
 
 def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
-    """Build dataclass `cls` from `data`; unknown keys and bad types raise ConfigError."""
+    """Build dataclass `cls` from plain data (parsed YAML, flags).
+
+    Args:
+        cls: the config dataclass (nested dataclasses are built recursively).
+        data: a mapping of field names to values.
+        where: the dotted path of `data` in a larger config, for error messages.
+    Returns:
+        The validated config.
+    Raises:
+        ConfigError naming the dotted field for unknown keys, bad types and bad values.
+    """
     if data is None:
         data = {}
     if not isinstance(data, Mapping):

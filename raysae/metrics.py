@@ -15,17 +15,31 @@ L0 = "l0"                                      # mean active latents per row
 SPARSITY_LOSS = "sparsity_loss"
 SPARSITY_COEFFICIENT = "sparsity_coefficient"  # λ after its warmup
 LR = "lr"
-DEAD_FRACTION = "dead_fraction"                # latents not fired in the dead window
+DEAD_WINDOW_FRACTION = "dead_window_fraction"  # latents that fired on no row in the last
+                                               # TrainConfig.dead_window_steps steps
 
-# The trial's final evaluation of the saved SAE.
+# Evaluation (raysae.evals summaries); a trial reports them with the ``eval/`` prefix.
+DELTA_LOSS = "delta_loss"                      # LM loss with the SAE spliced in − clean loss
+DEAD_LATENTS = "dead_latents"                  # latents that fired on no token of the
+DEAD_LATENT_FRACTION = "dead_latent_fraction"  # frequency sample (and their share)
 EVAL_PREFIX = "eval/"
-EVAL_L0 = "eval/l0"
-EVAL_FVU = "eval/fvu"
-EVAL_MSE = "eval/mse"                          # raw activation space
-EVAL_DELTA_LOSS = "eval/delta_loss"            # LM loss with the SAE spliced in − clean loss
+EVAL_L0 = EVAL_PREFIX + L0
+EVAL_FVU = EVAL_PREFIX + FVU
+EVAL_MSE = EVAL_PREFIX + MSE                   # raw activation space
+EVAL_DELTA_LOSS = EVAL_PREFIX + DELTA_LOSS
+EVAL_DEAD_LATENTS = EVAL_PREFIX + DEAD_LATENTS
+EVAL_DEAD_LATENT_FRACTION = EVAL_PREFIX + DEAD_LATENT_FRACTION
+EVAL_NUM_TOKENS = EVAL_PREFIX + "num_tokens"
+
+# A trial's own fields.
 SAE_URL = "sae_url"                            # where the trial saved its SAE
+RESTORED_STEP = "restored_step"                # the step training resumed from (0: fresh)
+PID = "pid"                                    # the trial process (or JAX process 0's) pid
+PROCESSES = "processes"                        # JAX processes of the trial
+DEVICES = "devices"                            # devices of its mesh
 
 # The shared stream's counters (raysae.stream.BatchStream.metrics).
+STREAM_START = "stream/start"                  # the global index the trial's stream opened at
 STREAM_POSITION = "stream/position"
 STREAM_DELIVERED = "stream/delivered"
 STREAM_MISSED = "stream/missed"

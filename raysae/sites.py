@@ -13,11 +13,13 @@ from typing import NamedTuple
 
 from raysae.config import ConfigError
 
-ATTN, MLP, RES, MLP_IN = "attn", "mlp", "res", "mlp_in"
+ATTN, MLP, RES, MLP_IN, RES_MID = "attn", "mlp", "res", "mlp_in", "res_mid"
 # attn: concatenated head outputs (the input of o_proj); mlp: MLP output after the
-# post-feedforward norm; res: the residual stream after the block; mlp_in: the MLP input
-# after the pre-feedforward norm (a transcoder's input).
-SITE_KINDS = (ATTN, MLP, RES, MLP_IN)
+# post-feedforward norm; res: the residual stream after the block; mlp_in: the MLP input just
+# after the pre-feedforward RMSNorm with its gain folded into the MLP (rows of norm √d_model:
+# a Gemma Scope transcoder's input, App. B); res_mid: the residual stream between the
+# attention and MLP branches (the un-normalised MLP input).
+SITE_KINDS = (ATTN, MLP, RES, MLP_IN, RES_MID)
 TRANSCODER = "transcoder"
 
 # Site kind -> the TransformerLens hook of Gemma 2 that holds the same activations.
@@ -25,7 +27,8 @@ _TL_HOOKS = {
     RES: "blocks.{layer}.hook_resid_post",
     MLP: "blocks.{layer}.hook_mlp_out",
     ATTN: "blocks.{layer}.attn.hook_z",          # [.., heads, d_head]: SAELens reshapes it
-    MLP_IN: "blocks.{layer}.ln2.hook_normalized",
+    MLP_IN: "blocks.{layer}.ln2.hook_normalized",   # gain-free with fold_ln=True, as here
+    RES_MID: "blocks.{layer}.hook_resid_mid",
 }
 
 
@@ -145,4 +148,4 @@ class SAESite(NamedTuple):
         return f"{TRANSCODER}:{self.layer}" if self.is_transcoder else str(self.input)
 
 
-__all__ = ["ATTN", "MLP", "RES", "MLP_IN", "SITE_KINDS", "TRANSCODER", "Site", "SAESite"]
+__all__ = ["ATTN", "MLP", "RES", "MLP_IN", "RES_MID", "SITE_KINDS", "TRANSCODER", "Site", "SAESite"]

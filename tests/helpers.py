@@ -14,8 +14,10 @@ def write_cache(url: str, site: str = "res:1", d: int = 32, shards: int = 2, row
     sd = SparseDictionary.random(d=d, n_features=64, active=3, seed=0)
     rng = np.random.default_rng(0)
     infos = [write_shard(url, i, sd.sample(rows, rng)) for i in range(shards)]
-    kind, layer = site.split(":")
-    Manifest(model="synthetic", site=kind, layer=int(layer), d=d, rows_per_shard=rows,
+    from raysae.sites import SAESite
+
+    s = SAESite.parse(site)
+    Manifest(model="synthetic", site=str(s), layer=s.layer, d=d, rows_per_shard=rows,
              total_rows=rows * shards, tokens=rows * shards, norm_scalar=norm_scalar,
              shards=infos).save(url)
     return url

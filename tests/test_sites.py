@@ -26,18 +26,10 @@ def test_sae_sites_and_transcoder_pairs():
     res = SAESite.parse("12:res")
     assert not res.is_transcoder and str(res) == "res:12" and res.slug == "res_12"
     assert res.lm_sites == (Site(12, "res"),) and SAESite.parse(Site(12, "res")) == res
-    assert SAESite.parse(res) is not None
+    assert SAESite.parse(res) == res
     with pytest.raises(ConfigError, match="mlp_in:L->mlp:L"):
         SAESite.parse("mlp_in:1->mlp:2")
     with pytest.raises(ConfigError, match="'transcoder:L'"):
         SAESite.parse("bogus:1")
     with pytest.raises(ConfigError, match="transcoder:x"):
         SAESite.parse("transcoder:x")
-
-
-def test_metric_names_are_the_step_metrics_fields():
-    from raysae import metrics
-    from raysae.train import StepMetrics
-
-    for field in StepMetrics._fields:
-        assert getattr(metrics, field.upper()) == field

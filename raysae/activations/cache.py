@@ -145,8 +145,9 @@ def _existing(config, key, url, d, digest, overwrite) -> tuple[bool, dict]:
         if not problems:
             return True, {}
         if not overwrite:
-            raise CacheError(f"{url}: holds a different cache ({'; '.join(problems)}); "
-                             "choose another output or pass overwrite")
+            raise CacheError(f"{url}: holds a different cache ({'; '.join(problems)}); choose "
+                             "another output (a sweep: data.cache_url), or overwrite it "
+                             "(raysae cache --overwrite)")
         storage.remove(url, recursive=True)
         return False, {}
     jpath = storage.join(url, JOURNAL)
@@ -278,9 +279,8 @@ def _finish(config, key, url, digest, journal, plan, dim, n_tokens) -> None:
     """Estimate C from the first rows of the cache and write the manifest (the "complete" mark)."""
     d, parts = dim
     site = SAESite.parse(key)
-    kind = "transcoder" if site.is_transcoder else site.input.kind
     infos = [journal[k] for k in range(plan.n_shards)]
-    m = Manifest(model=config.model, site=kind, layer=site.layer, d=d, dtype=config.dtype, parts=parts,
+    m = Manifest(model=config.model, site=str(site), layer=site.layer, d=d, dtype=config.dtype, parts=parts,
                  rows_per_shard=max(i.rows for i in infos), total_rows=sum(i.rows for i in infos),
                  tokens=n_tokens, shards=infos, config=manifest_config(config, key, digest))
     sample, have = [], 0

@@ -13,7 +13,7 @@ from typing import Literal
 
 from raysae import storage
 from raysae.config import ConfigError, check
-from raysae.lm.source import RANDOM, TINY
+from raysae.lm.source import TINY, ModelSource
 from raysae.sites import SAESite
 
 STDLIB = "python-stdlib"  # the offline corpus: this Python's own standard-library sources
@@ -100,7 +100,7 @@ class CacheConfig(CacheOptions):
         check(bool(self.output), "output", "give an output URL")
         check(len(self.sites) > 0, "sites", "give at least one site, e.g. 'res:0'")
         parse_sites(self.sites)
-        check(self.model_layers is None or self.model.startswith(RANDOM), "model_layers",
+        check(self.model_layers is None or ModelSource(self.model).is_random, "model_layers",
               "only applies to random models ('random:<preset>')")
 
     @classmethod

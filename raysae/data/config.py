@@ -19,6 +19,8 @@ ORDER_FIELDS = ("shuffle_window", "shuffle_shards", "seed", "epochs",
 
 @dataclasses.dataclass(frozen=True)
 class StreamConfig:
+    """How a stream orders, reads and buffers its batches (the batch size comes beside it)."""
+
     # --- batch order -------------------------------------------------------------------
     # Rows permuted together inside each window of an epoch; <= 1: none (the caching job
     # already shuffled each shard, so a batch is a zero-copy shard slice). A window costs a

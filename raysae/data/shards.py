@@ -57,7 +57,7 @@ class Manifest:
     """Everything a reader needs to stream a cache, and how it was made."""
 
     model: str
-    site: str
+    site: str                 # "res:12", "transcoder:5" (older caches: the kind alone)
     layer: int
     d: int
     dtype: str = "float32"
@@ -76,7 +76,7 @@ class Manifest:
 
     @property
     def sae_site(self) -> SAESite:
-        """The site the cache holds ("res:12", "transcoder:5")."""
+        """The site the cache holds (caches before the typed sites stored the kind alone)."""
         return SAESite.parse(self.site if ":" in str(self.site) else f"{self.site}:{self.layer}")
 
     @property
@@ -144,7 +144,16 @@ def decode_rows(stored: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def write_shard(url: str, index: int, rows: np.ndarray, dtype: str = "float32") -> ShardInfo:
-    """Atomically write `rows` [n, width] as shard `index` under `url`; return its entry."""
+    """Atomically write one shard.
+
+    Args:
+        url: the cache directory.
+        index: the shard's number (its name is ``shard-NNNNN.npy``).
+        rows: [n, width] raw activations.
+        dtype: the storage dtype ("float32" or "bfloat16").
+    Returns:
+        Its `ShardInfo` (rows, bytes, sha256) for the manifest.
+    """
     stored = encode_rows(np.asarray(rows), dtype)
     if stored.ndim != 2:
         raise ShardError(f"{shard_name(index)}: rows must be 2-D, got shape {stored.shape}")

@@ -26,7 +26,8 @@ def write_synthetic_cache(url: str, shard_rows: list[int], d: int = 8,
     for i, n in enumerate(shard_rows):
         infos.append(write_shard(url, i, rows[start:start + n], dtype=dtype))
         start += n
-    m = Manifest(model="synthetic", site="resid_post", layer=0, d=d, dtype=dtype,
+    site = "transcoder:0" if len(parts) == 2 else "res:0"
+    m = Manifest(model="synthetic", site=site, layer=0, d=d, dtype=dtype,
                  parts=list(parts), rows_per_shard=max(shard_rows), total_rows=total,
                  tokens=total, norm_scalar=norm_scalar, shards=infos)
     m.save(url)

@@ -11,6 +11,7 @@ import math
 
 import numpy as np
 
+from raysae import metrics as names
 from raysae.evals.step import BatchStats
 
 
@@ -36,6 +37,8 @@ class Totals:
         self.sum_l0 = 0.0
         self.sum_sq_err = 0.0
         self.fire_count = np.zeros(width, np.int64)
+        self.extra_fire_count = np.zeros(width, np.int64)  # the frequency sample beyond the eval set
+        self.extra_tokens = 0.0
         self.n_preds = 0.0
         self.loss_sums: dict[str, float] = {}
         self.sum_r_l0 = 0.0
@@ -56,6 +59,11 @@ class Totals:
         self.n_r_l0 += int(s.n_r_l0)
         if s.pos_n_tokens.size:
             self._add_positions(s)
+
+    def add_frequency(self, n_tokens, fire_count) -> None:
+        """Firing counts of a batch of the frequency sample outside the eval set."""
+        self.extra_tokens += float(n_tokens)
+        self.extra_fire_count += np.asarray(fire_count, np.int64)
 
     def _add_positions(self, s) -> None:
         if self.pos is None:
@@ -78,26 +86,35 @@ class Totals:
         mse = div(self.sum_sq_err, n)
         variance = div(self.m2, n)
         losses = {k: div(v, npred) for k, v in self.loss_sums.items()}
-        out = {"num_tokens": int(n), "num_predictions": int(npred), "l0": div(self.sum_l0, n), "mse": mse,
-               "variance": variance, "fvu": div(mse, variance) if variance else math.nan,
+        out = {"num_tokens": int(n), "num_predictions": int(npred), names.L0: div(self.sum_l0, n),
+               names.MSE: mse, "variance": variance,
+               names.FVU: div(mse, variance) if variance else math.nan,
                "clean_loss": losses.get("clean"), "spliced_loss": losses.get("spliced"),
-               "delta_loss": losses["spliced"] - losses["clean"] if "spliced" in losses else None,
+               names.DELTA_LOSS: losses["spliced"] - losses["clean"] if "spliced" in losses else None,
                "zero_ablation_loss": losses.get("zero"), "mean_ablation_loss": losses.get("mean")}
         for name in ("zero", "mean"):
             if name in losses:  # 1 = as good as the clean model, 0 = as bad as the ablation
                 gap = losses[name] - losses["clean"]
                 out[f"loss_recovered_{name}"] = div(losses[name] - losses["spliced"], gap)
         freq = self.frequencies()
-        out["dead_latents"] = int((self.fire_count == 0).sum())
-        out["dead_fraction"] = out["dead_latents"] / self.width
+        # dead: fired on no token of the frequency sample (not the training-window count)
+        out[names.DEAD_LATENTS] = int((freq == 0).sum())
+        out[names.DEAD_LATENT_FRACTION] = out[names.DEAD_LATENTS] / self.width
         out["ultra_high_frequency_latents"] = int((freq > ultra_high_frequency).sum())
+        out["frequency_tokens"] = int(self.frequency_tokens)
         out["r_l0"] = div(self.sum_r_l0, self.n_r_l0)
         out["r_l0_tokens"] = self.n_r_l0
         return out
 
+    @property
+    def frequency_tokens(self) -> float:
+        """Tokens the firing frequencies are measured on (the eval set's and the extra sample's)."""
+        return self.n_tokens + self.extra_tokens
+
     def frequencies(self) -> np.ndarray:
-        """[M] fraction of counted tokens on which each latent fired."""
-        return self.fire_count / max(self.n_tokens, 1.0)
+        """[M] fraction of the frequency sample's tokens on which each latent fired (resolution
+        1 / `frequency_tokens`)."""
+        return (self.fire_count + self.extra_fire_count) / max(self.frequency_tokens, 1.0)
 
     def per_position(self) -> dict | None:
         """Curves by position: site positions 0..T-1 and prediction positions 0..T-2."""

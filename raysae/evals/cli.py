@@ -16,6 +16,7 @@ import sys
 
 from raysae.config import ConfigError, load_config, set_help
 from raysae.evals.config import EvalConfig
+from raysae.lm.source import TINY
 
 FLAGS = {  # flag dest -> EvalConfig field
     "num_sequences": "num_sequences", "context_length": "context_length", "batch_size": "batch_size",
@@ -24,7 +25,7 @@ FLAGS = {  # flag dest -> EvalConfig field
 
 def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--sae", required=True, help="params.npz (or a directory with one) or a SAELens dir; any fsspec URL")
-    p.add_argument("--model", default="tiny", help="'tiny' or a Hugging Face Gemma 2 checkpoint dir URL "
+    p.add_argument("--model", default=TINY, help="'tiny' or a Hugging Face Gemma 2 checkpoint dir URL "
                    "(another checkpoint than the SAE's = transfer eval)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--site", required=True, help="e.g. res:2, attn:0, mlp:3, or transcoder:1")
@@ -75,7 +76,7 @@ def run(args) -> int:
     from raysae.evals.inputs import iter_texts, load_sae, read_tokens
     from raysae.evals.report import write_report
     from raysae.lm.api import load_lm
-    from raysae.lm.weights import CheckpointError
+    from raysae.lm.weights import WeightsError
     from raysae.sae.formats import SAEFormatError
     from raysae.sites import SAESite
 
@@ -87,7 +88,7 @@ def run(args) -> int:
         check_inputs(sae, model.config, site, model_name=model.name)
         source = {"texts": iter_texts(args.text)} if args.text else {"tokens": read_tokens(args.tokens)}
         report = evaluate(sae, model, args.site, config=config, sae_name=args.sae, **source)
-    except (ConfigError, SAEFormatError, CheckpointError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, SAEFormatError, WeightsError, FileNotFoundError, ValueError) as e:
         print(f"raysae eval: error: {e}", file=sys.stderr)
         return 2
     if args.out:

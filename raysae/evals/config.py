@@ -23,6 +23,8 @@ class EvalConfig:
     pack: bool = True                  # texts: concatenate documents (EOS-separated) into full rows
     per_position: bool = True          # reconstruction and delta loss by position (paper Fig. 3, 15)
     frequency: bool = True             # latent firing frequency histogram, dead / ultra-high latents
+    frequency_sequences: int = 20_000  # sequences the frequencies are measured on (paper Fig. 5:
+                                       # 20,000 x 1,024 tokens); the eval set's are among them
     ablations: tuple[str, ...] = ABLATIONS  # reference losses with the site zero-/mean-ablated
     r_l0: bool = True                  # uniformity of active latent importance (App. C.3)
     ultra_high_frequency: float = 0.1  # a latent firing on more than this fraction of tokens
@@ -35,6 +37,8 @@ class EvalConfig:
         check(self.context_length >= 2, "eval.context_length",
               f"must be >= 2 (BOS plus one token to predict), got {self.context_length}")
         check(self.batch_size >= 1, "eval.batch_size", f"must be >= 1, got {self.batch_size}")
+        check(self.frequency_sequences >= 1, "eval.frequency_sequences",
+              f"must be >= 1, got {self.frequency_sequences}")
         for a in self.ablations:
             check(a in ABLATIONS, "eval.ablations", f"{a!r} is not one of {list(ABLATIONS)}")
         check(0.0 < self.ultra_high_frequency <= 1.0, "eval.ultra_high_frequency",

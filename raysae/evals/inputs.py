@@ -18,7 +18,8 @@ import fsspec
 import numpy as np
 
 from raysae import storage
-from raysae.sae.formats import NPZ_NAME, SAELENS_CFG, SAEFormatError, load_npz, load_saelens
+from raysae.sae.formats import NPZ_NAME, SAEFormatError, load_npz
+from raysae.sae.saelens import CFG_NAME as SAELENS_CFG, load_saelens
 from raysae.sae.params import SAEParams
 
 

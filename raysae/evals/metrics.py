@@ -65,10 +65,13 @@ def r_l0_per_token(y: jax.Array) -> tuple[jax.Array, jax.Array]:
     return r, valid
 
 
-def log10_frequency_histogram(freq: np.ndarray, bins: int, min_log10: float) -> dict:
+def log10_frequency_histogram(freq: np.ndarray, bins: int, min_log10: float,
+                              tokens: int | None = None) -> dict:
     """Histogram of log10 firing frequency over latents that fired (dead latents counted apart).
 
-    Frequencies below 10^min_log10 land in the first bin. Returns plain lists for JSON.
+    Frequencies below 10^min_log10 land in the first bin. `tokens`: the sample's size, whose
+    inverse (the lowest frequency it can tell from zero) is reported as `resolution`.
+    Returns plain lists for JSON.
     """
     freq = np.asarray(freq, np.float64)
     alive = freq[freq > 0]
@@ -76,4 +79,5 @@ def log10_frequency_histogram(freq: np.ndarray, bins: int, min_log10: float) -> 
     logf = np.clip(np.log10(alive), min_log10, 0.0) if alive.size else alive
     counts, _ = np.histogram(logf, bins=edges)
     return {"bin_edges_log10": edges.tolist(), "counts": counts.astype(int).tolist(),
-            "dead": int((freq == 0).sum())}
+            "dead": int((freq == 0).sum()), "tokens": tokens,
+            "resolution": 1.0 / tokens if tokens else None}

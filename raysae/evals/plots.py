@@ -75,7 +75,8 @@ def frequency_histogram(report, url: str) -> str:
            edgecolor="none")
     ax.set_xlabel("log10 firing frequency")
     ax.set_ylabel("latents")
-    ax.set_title(f"{_title(report)}; dead: {h['dead']}", fontsize=9)
+    sample = f"; {h['tokens']:,} tokens (resolution {h['resolution']:.0e})" if h.get("tokens") else ""
+    ax.set_title(f"{_title(report)}; dead: {h['dead']}{sample}", fontsize=9)
     ax.grid(alpha=0.3)
     return _save(fig, url)
 

@@ -16,15 +16,17 @@ from typing import Any
 
 import numpy as np
 
+from raysae import metrics as names
 from raysae import storage
 from raysae.config import to_dict
 from raysae.evals.config import EvalConfig
 
 REPORT_NAME = "eval.json"
 FREQUENCIES_NAME = "frequencies.npy"
-SCALARS = ("l0", "fvu", "mse", "variance", "clean_loss", "spliced_loss", "delta_loss", "zero_ablation_loss",
-           "mean_ablation_loss", "loss_recovered_zero", "loss_recovered_mean", "dead_latents", "dead_fraction",
-           "ultra_high_frequency_latents", "r_l0", "num_tokens", "num_predictions")
+SCALARS = (names.L0, names.FVU, names.MSE, "variance", "clean_loss", "spliced_loss", names.DELTA_LOSS,
+           "zero_ablation_loss", "mean_ablation_loss", "loss_recovered_zero", "loss_recovered_mean",
+           names.DEAD_LATENTS, names.DEAD_LATENT_FRACTION, "ultra_high_frequency_latents",
+           "frequency_tokens", "r_l0", "num_tokens", "num_predictions")
 
 
 @dataclasses.dataclass
@@ -32,7 +34,7 @@ class EvalReport:
     """One SAE evaluated on one model and site. Missing extras are None."""
 
     model: str
-    site: str                      # "res:2", or "mlp_in:1->mlp:1" for a transcoder
+    site: str                      # "res:2", or "transcoder:1"
     width: int
     d_in: int
     d_out: int

@@ -35,7 +35,7 @@ class BatchStats(NamedTuple):
     target_mean: jax.Array      # [d_out] batch mean of the target
     target_m2: jax.Array        # Σ ‖target − batch mean‖²
     fire_count: jax.Array       # [M] int32: tokens on which each latent fired
-    n_preds: jax.Array          # next-token predictions that count
+    n_preds: jax.Array          # predictions that count: made at a spliced position
     loss_sums: dict             # name -> Σ cross-entropy ("clean", "spliced", "zero", "mean")
     pos_n_tokens: jax.Array     # [T]   (empty when per_position is off)
     pos_sq_err: jax.Array       # [T]
@@ -153,7 +153,9 @@ def batch_stats(params, sae: SAEParams, site_mean, tokens, attention_mask, *, co
     active = (f != 0) & keep
     sq = jnp.sum(jnp.square(target - x_hat), axis=-1) * mask       # [B, T]
     n, mean, m2 = masked_moments(target, mask)
-    tm = tmask.astype(jnp.float32)
+    # Losses count predictions made where the SAE is spliced: never at BOS (nor EOS / pad),
+    # where clean and spliced agree by construction and would only dilute delta loss.
+    tm = (tmask & mask[:, :-1]).astype(jnp.float32)
     loss_sums = {k: jnp.sum(v * tm) for k, v in losses.items()}
     if per_position:
         pn, pmean, pm2 = masked_moments(target, mask, axis=0)
@@ -166,6 +168,16 @@ def batch_stats(params, sae: SAEParams, site_mean, tokens, attention_mask, *, co
         target_m2=m2, fire_count=jnp.sum(active, axis=(0, 1), dtype=jnp.int32), n_preds=jnp.sum(tm),
         loss_sums=loss_sums, pos_n_tokens=pos[0], pos_sq_err=pos[1], pos_target_mean=pos[2],
         pos_target_m2=pos[3], pos_n_preds=pos[4], pos_loss_sums=pos[5], sum_r_l0=sum_r, n_r_l0=n_r)
+
+
+@functools.partial(jax.jit, static_argnames=("config", "site"))
+def fire_counts(params, sae: SAEParams, tokens, attention_mask, *, config: LMConfig, site: Site):
+    """(tokens that count, [M] tokens on which each latent fired) at `site`: the firing
+    frequency sample beyond the eval set, a forward that stops at the site."""
+    mask = loss_mask(tokens, config, attention_mask)
+    acts = forward(params, config, tokens, attention_mask, sites=(site,), compute_logits=False).acts[site]
+    active = (encode(sae, acts.astype(jnp.float32)) != 0) & mask[..., None]
+    return jnp.sum(mask, dtype=jnp.float32), jnp.sum(active, axis=(0, 1), dtype=jnp.int32)
 
 
 @functools.partial(jax.jit, static_argnames=("config", "site"))

@@ -18,6 +18,7 @@ through attention); one extra forward and backward per batch, see `raysae.evals.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import sys
 from typing import Iterable
 
@@ -30,7 +31,7 @@ from raysae.evals.config import EvalConfig
 from raysae.evals.data import EvalTokens, tokens_from_array, tokens_from_texts
 from raysae.evals.metrics import log10_frequency_histogram
 from raysae.evals.report import EvalReport
-from raysae.evals.step import batch_stats, site_sum
+from raysae.evals.step import batch_stats, fire_counts, site_sum
 from raysae.lm.api import LanguageModel
 from raysae.lm.config import LMConfig
 from raysae.sites import SAESite
@@ -99,14 +100,22 @@ def evaluate(sae: SAEParams, model: LanguageModel, site, *, texts: Iterable[str]
     site = SAESite.parse(site)
     in_site, out_site = site.input, site.target
     check_inputs(sae, model.config, site, model_name=model.name)
-    data = eval_tokens(model, config, texts=texts, tokens=tokens)
-    check_inputs(sae, model.config, site, data.tokens, model_name=model.name)
+    # One token set: the eval set's rows first, then the rest of the firing-frequency sample.
+    rows = max(config.num_sequences, config.frequency_sequences if config.frequency else 0)
+    everything = eval_tokens(model, dataclasses.replace(config, num_sequences=rows),
+                             texts=texts, tokens=tokens)
+    check_inputs(sae, model.config, site, everything.tokens, model_name=model.name)
+    data = EvalTokens(everything.tokens[:config.num_sequences],
+                      everything.attention_mask[:config.num_sequences])
+    extra = EvalTokens(everything.tokens[config.num_sequences:],
+                       everything.attention_mask[config.num_sequences:])
     sae = SAEParams(*(jnp.asarray(a, jnp.float32) for a in sae))
     bs = min(config.batch_size, data.num_sequences)
     n_batches = -(-data.num_sequences // bs)
+    n_extra = -(-extra.num_sequences // bs) if extra.num_sequences else 0
     name = str(site)
 
-    with _progress(config.progress, n_batches * (2 if "mean" in config.ablations else 1),
+    with _progress(config.progress, n_batches * (2 if "mean" in config.ablations else 1) + n_extra,
                    f"eval {name}") as advance:
         site_mean = jnp.zeros((sae.W_dec.shape[1],), jnp.float32)
         if "mean" in config.ablations:  # pre-pass: the mean the ablation substitutes
@@ -124,6 +133,11 @@ def evaluate(sae: SAEParams, model: LanguageModel, site, *, texts: Iterable[str]
                                    out_site=out_site, ablations=config.ablations, want_r_l0=config.r_l0,
                                    per_position=config.per_position))
             advance()
+        for b in (extra.batches(bs) if extra.num_sequences else ()):
+            totals.add_frequency(*fire_counts(model.params, sae, jnp.asarray(b.tokens),
+                                              jnp.asarray(b.attention_mask), config=model.config,
+                                              site=in_site))
+            advance()
 
     summary = totals.summary(config.ultra_high_frequency)
     if not config.r_l0:
@@ -135,6 +149,7 @@ def evaluate(sae: SAEParams, model: LanguageModel, site, *, texts: Iterable[str]
         d_out=int(sae.W_dec.shape[1]), num_sequences=data.num_sequences,
         context_length=int(data.tokens.shape[1]), config=to_dict(config), summary=summary,
         per_position=totals.per_position() if config.per_position else None,
-        frequency_histogram=(log10_frequency_histogram(freq, config.histogram_bins, config.histogram_min_log10)
+        frequency_histogram=(log10_frequency_histogram(freq, config.histogram_bins, config.histogram_min_log10,
+                                                       int(totals.frequency_tokens))
                              if freq is not None else None),
         frequencies=freq, sae=sae_name)

@@ -3,7 +3,7 @@
 `load_lm(source)` ("tiny", "random:<preset>" or a Hugging Face checkpoint URL, see
 `ModelSource`) gives a `LanguageModel`; `site_activations` reads sites (`raysae.sites`),
 `token_losses` / `token_losses_from` give next-token losses with SAEs spliced in. The pure
-jittable core is `forward` / `forward_from`; `load_params` / `save_checkpoint` read and write
+jittable core is `forward` / `forward_from`; `load_params` / `save_weights` read and write
 the Hugging Face safetensors layout.
 """
 
@@ -26,12 +26,12 @@ from raysae.lm.source import ModelSource
 from raysae.sites import SITE_KINDS, SAESite, Site
 from raysae.lm.model import ForwardOut, embed, forward, forward_from, init_params, next_token_losses, param_shapes
 from raysae.lm.tokenizer import ByteTokenizer, HFTokenizer, pad_batch
-from raysae.lm.weights import CheckpointError, load_config, load_params, save_checkpoint
+from raysae.lm.weights import WeightsError, load_config, load_params, save_weights
 
 __all__ = [
     "SITE_KINDS", "Site", "SAESite", "ModelSource", "LMConfig", "GEMMA2_2B", "GEMMA2_9B", "GEMMA2_27B", "PRESETS",
     "LanguageModel", "load_lm", "load_tokenizer", "DTYPES", "site_activations", "token_losses", "token_losses_from", "loss_mask",
     "target_mask", "embed_tokens", "encode_batch", "forward", "forward_from", "embed", "ForwardOut",
     "next_token_losses", "init_params", "param_shapes", "ByteTokenizer", "HFTokenizer", "pad_batch",
-    "CheckpointError", "load_config", "load_params", "save_checkpoint", "TINY_DIR",
+    "WeightsError", "load_config", "load_params", "save_weights", "TINY_DIR",
 ]

@@ -16,7 +16,8 @@ import jax
 import jax.numpy as jnp
 
 from raysae.lm.config import LMConfig
-from raysae.sites import Site
+from raysae.config import ConfigError
+from raysae.sites import SAESite, Site
 from raysae.lm.model import embed, forward, forward_from, next_token_losses
 from raysae.lm.source import TINY_DIR, ModelSource
 from raysae.lm.tokenizer import ByteTokenizer, HFTokenizer
@@ -128,7 +129,16 @@ def _prep(model: LanguageModel, tokens, attention_mask):
 
 
 def site_activations(model: LanguageModel, tokens, sites: Iterable, attention_mask=None) -> dict:
-    """{Site: [B, T, site_dim]} from one jitted forward that stops after the last layer needed."""
+    """Activations at `sites` from one jitted forward that stops after the last layer needed.
+
+    Args:
+        model: the LM.
+        tokens: int [B, T] token ids (BOS first).
+        sites: Sites or their strings ("res:2").
+        attention_mask: bool [B, T], False at padding (default: all True).
+    Returns:
+        {Site: [B, T, site_dim]} in the model's dtype.
+    """
     sites = tuple(sorted({Site.parse(s).check(model.config.n_layers) for s in sites}))
     tokens, attention_mask = _prep(model, tokens, attention_mask)
     return _sites_jit(model.params, model.config, tokens, attention_mask, sites)
@@ -136,7 +146,11 @@ def site_activations(model: LanguageModel, tokens, sites: Iterable, attention_ma
 
 def token_losses(model: LanguageModel, tokens, attention_mask=None, splice: Mapping | None = None,
                  splice_params: Mapping | None = None):
-    """(losses [B, T-1] float32, mask [B, T-1] bool): next-token cross-entropy, see `target_mask`.
+    """Next-token cross-entropy, optionally with functions spliced in at sites.
+
+    Returns:
+        (losses [B, T-1] float32, mask [B, T-1] bool of the predictions that count, see
+        `target_mask`).
 
     `splice` maps Site -> fn(acts [B, T, d]) -> replacement, e.g. an SAE's reconstruction; the
     key (Site(L, "mlp_in"), Site(L, "mlp")) splices a transcoder in place of layer L's MLP.
@@ -171,10 +185,13 @@ def embed_tokens(model: LanguageModel, tokens) -> jax.Array:
 
 def _key(k):
     if isinstance(k, tuple) and len(k) == 2 and not isinstance(k, Site) and not isinstance(k[0], int):
-        a, b = Site.parse(k[0]), Site.parse(k[1])
-        if (a.kind, b.kind) != ("mlp_in", "mlp") or a.layer != b.layer:
-            raise ValueError(f"splice pair {k}: only (mlp_in:L, mlp:L) (a transcoder) is supported")
-        return (a, b)
+        try:
+            pair = SAESite(Site.parse(k[0]), Site.parse(k[1])).check()
+        except ConfigError as e:
+            raise ValueError(f"splice pair {k}: {e} (a transcoder)") from None
+        if not pair.is_transcoder:
+            raise ValueError(f"splice pair {k}: only a transcoder (mlp_in:L, mlp:L) is a pair")
+        return tuple(pair)
     return Site.parse(k)
 
 

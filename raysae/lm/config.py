@@ -13,6 +13,9 @@ from raysae.config import ConfigError
 from raysae.sites import SITE_KINDS, Site  # noqa: F401  (re-exported: raysae.lm.Site)
 
 
+_REQUIRED = object()
+
+
 @dataclasses.dataclass(frozen=True)
 class LMConfig:
     """Gemma 2 architecture hyper-parameters (names follow the paper, values HF's config.json)."""
@@ -89,33 +92,53 @@ class LMConfig:
         if rope.get("rope_type", rope.get("type", "default")) != "default":
             raise ConfigError(f"{where}: rope type {rope.get('rope_type', rope.get('type'))!r} is not supported")
         rope_theta = rope.get("rope_theta", hf.get("rope_theta", 10000.0))
+        if isinstance(rope_theta, bool) or not isinstance(rope_theta, (int, float)):
+            raise ConfigError(f"{where}: rope_theta: expected a number, got {rope_theta!r}")
+        rope_theta = float(rope_theta)
         layer_types = hf.get("layer_types")
-        n = hf["num_hidden_layers"]
-        if layer_types is not None:
+        n = hf.get("num_hidden_layers")
+        if layer_types is not None and isinstance(n, int):
             want = ["sliding_attention" if i % 2 == 0 else "full_attention" for i in range(n)]
             if list(layer_types) != want:
                 raise ConfigError(f"{where}: layer_types {layer_types} differ from Gemma 2's even-layers-slide")
 
+        def num(key: str, kind: type, default=_REQUIRED, nullable: bool = False):
+            """hf[key] as an int / float, or ConfigError naming the file and the key."""
+            if key not in hf and default is _REQUIRED:
+                raise ConfigError(f"{where}: missing key {key!r}")
+            v = hf.get(key, default)
+            if v is None and nullable:
+                return None
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and v != int(v)):
+                want = "an integer" if kind is int else "a number" + (" or null" if nullable else "")
+                raise ConfigError(f"{where}: {key}: expected {want}, got {v!r}")
+            return kind(v)
+
         def ids(key: str, default: int) -> int:
             v = hf.get(key, default)
             v = default if v is None else v
-            return int(v[0] if isinstance(v, (list, tuple)) else v)
+            v = v[0] if isinstance(v, (list, tuple)) and v else v
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise ConfigError(f"{where}: {key}: expected a token id, got {v!r}")
+            return v
 
-        try:
-            return cls(
-                vocab_size=int(hf["vocab_size"]), d_model=int(hf["hidden_size"]), n_layers=int(n),
-                n_heads=int(hf["num_attention_heads"]), n_kv_heads=int(hf["num_key_value_heads"]),
-                head_dim=int(hf.get("head_dim") or hf["hidden_size"] // hf["num_attention_heads"]),
-                d_mlp=int(hf["intermediate_size"]),
-                query_pre_attn_scalar=float(hf.get("query_pre_attn_scalar", 256)),
-                sliding_window=int(hf.get("sliding_window") or 4096),
-                attn_softcap=hf.get("attn_logit_softcapping", 50.0),
-                final_softcap=hf.get("final_logit_softcapping", 30.0),
-                rope_theta=float(rope_theta), rms_eps=float(hf.get("rms_norm_eps", 1e-6)),
-                bos_id=ids("bos_token_id", 2), eos_id=ids("eos_token_id", 1), pad_id=ids("pad_token_id", 0),
-            )
-        except KeyError as e:
-            raise ConfigError(f"{where}: missing key {e.args[0]!r}") from None
+        if hf.get("sliding_window", 0) is None:
+            raise ConfigError(f"{where}: sliding_window: null, but Gemma 2's even layers attend "
+                              "through a sliding window; give its size")
+        d_model, n_heads = num("hidden_size", int), num("num_attention_heads", int)
+        return cls(
+            vocab_size=num("vocab_size", int), d_model=d_model, n_layers=num("num_hidden_layers", int),
+            n_heads=n_heads, n_kv_heads=num("num_key_value_heads", int),
+            head_dim=num("head_dim", int, d_model // max(n_heads, 1)),
+            d_mlp=num("intermediate_size", int),
+            query_pre_attn_scalar=num("query_pre_attn_scalar", float, 256),
+            sliding_window=num("sliding_window", int, 4096),
+            attn_softcap=num("attn_logit_softcapping", float, 50.0, nullable=True),
+            final_softcap=num("final_logit_softcapping", float, 30.0, nullable=True),
+            rope_theta=rope_theta,
+            rms_eps=num("rms_norm_eps", float, 1e-6),
+            bos_id=ids("bos_token_id", 2), eos_id=ids("eos_token_id", 1), pad_id=ids("pad_token_id", 0),
+        )
 
 
 _COMMON = dict(vocab_size=256000, sliding_window=4096, bos_id=2, eos_id=1, pad_id=0)

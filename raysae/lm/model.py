@@ -25,6 +25,7 @@ from raysae.sites import Site
 Params = dict
 # A splice maps a site's activations [B, T, d] to replacements of the same shape. A key may also
 # be the pair (Site(L, "mlp_in"), Site(L, "mlp")): then fn(mlp_in) replaces the whole MLP branch
+# (mlp_in being the gain-free normalised MLP input, as Gemma Scope's transcoders read it)
 # output (a transcoder spliced in place of the MLP).
 SpliceFn = Callable[[jax.Array], jax.Array]
 
@@ -66,11 +67,15 @@ def init_params(key: jax.Array, config: LMConfig, dtype=jnp.float32, std: float 
     return jax.tree_util.tree_unflatten(treedef, out)
 
 
+def normalize(x: jax.Array, eps: float) -> jax.Array:
+    """x / RMS(x) in float32 (RMSNorm without its gain: rows of norm ≈ √d)."""
+    xf = x.astype(jnp.float32)
+    return xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
+
+
 def rms_norm(x: jax.Array, w: jax.Array, eps: float) -> jax.Array:
     """Gemma RMSNorm: computed in float32, scaled by (1 + w), cast back to x's dtype."""
-    xf = x.astype(jnp.float32)
-    y = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + eps)
-    return (y * (1.0 + w.astype(jnp.float32))).astype(x.dtype)
+    return (normalize(x, eps) * (1.0 + w.astype(jnp.float32))).astype(x.dtype)
 
 
 def _linear(x: jax.Array, w: jax.Array) -> jax.Array:
@@ -194,16 +199,27 @@ def block(lp: dict, config: LMConfig, layer: int, x: jax.Array, positions: jax.A
         acts[site] = z
     a = rms_norm(_linear(z, lp["o_proj"]), lp["post_attention_layernorm"], c.rms_eps)
     x = x + a
+    site = Site(layer, "res_mid")
+    x = _splice(site, x, splice)
+    if site in want:
+        acts[site] = x
 
-    m_in = rms_norm(x, lp["pre_feedforward_layernorm"], c.rms_eps)
+    # mlp_in is the MLP input after the pre-MLP RMSNorm *without* its gain (App. B: the gain
+    # is folded into the MLP's input matrices), so its rows have norm √d_model; the MLP
+    # multiplies the gain back in. Unspliced, m_in is computed exactly as HF does.
+    gain = 1.0 + lp["pre_feedforward_layernorm"].astype(jnp.float32)
+    n = normalize(x, c.rms_eps)
+    m_in = (n * gain).astype(x.dtype)
     site_in, site_out = Site(layer, "mlp_in"), Site(layer, "mlp")
-    m_in = _splice(site_in, m_in, splice)
     if site_in in want:
-        acts[site_in] = m_in
+        acts[site_in] = n.astype(x.dtype)
     pair = (site_in, site_out)
     if splice and pair in splice:
-        m = _splice(pair, m_in, splice)      # a transcoder replaces the whole MLP branch
+        m = _splice(pair, n.astype(x.dtype), splice)  # a transcoder replaces the MLP branch
     else:
+        if splice and site_in in splice:
+            m_in = (_splice(site_in, n.astype(x.dtype), splice).astype(jnp.float32)
+                    * gain).astype(x.dtype)
         g = jax.nn.gelu(_linear(m_in, lp["gate_proj"]), approximate=True)
         m = _linear(g * _linear(m_in, lp["up_proj"]), lp["down_proj"])
         m = rms_norm(m, lp["post_feedforward_layernorm"], c.rms_eps)

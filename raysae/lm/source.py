@@ -20,7 +20,7 @@ from raysae import storage
 from raysae.config import ConfigError
 from raysae.lm.config import PRESETS, LMConfig
 from raysae.lm.tokenizer import ByteTokenizer, HFTokenizer, tokenizer_from_json
-from raysae.lm.weights import CheckpointError, load_config
+from raysae.lm.weights import WeightsError, load_config
 
 TINY = "tiny"
 RANDOM = "random:"
@@ -52,6 +52,21 @@ class ModelSource:
     @property
     def name(self) -> str:
         return self.spec if self.is_tiny or self.is_random else self.spec.rstrip("/").split("/")[-1]
+
+    def model_name(self) -> str:
+        """The name SAELens / TransformerLens / Neuronpedia know the model by ("gemma-2-2b"):
+        config.json's `_name_or_path` if it has one, else the checkpoint directory's name
+        (random models: their preset's)."""
+        if self.is_random:
+            return self.spec[len(RANDOM):]
+        try:
+            hf = json.loads(storage.read_bytes(storage.join(self.url, "config.json")))
+        except (OSError, ValueError):
+            hf = {}
+        named = hf.get("_name_or_path") if isinstance(hf, dict) else None
+        if isinstance(named, str) and named.strip("/"):
+            return named.rstrip("/").split("/")[-1]
+        return self.name
 
     def absolute(self) -> "ModelSource":
         """The same model with a relative local checkpoint path made absolute."""
@@ -126,9 +141,9 @@ class ModelSource:
 def _verify_tiny() -> None:
     path = os.path.join(TINY_DIR, "model.safetensors")
     if not os.path.exists(path):
-        raise CheckpointError(f"{path}: the embedded tiny model is missing; "
+        raise WeightsError(f"{path}: the embedded tiny model is missing; "
                               "run `python -m raysae.lm.train_tiny`")
     want = open(os.path.join(TINY_DIR, "model.safetensors.sha256")).read().split()[0]
     got = hashlib.sha256(open(path, "rb").read()).hexdigest()
     if got != want:
-        raise CheckpointError(f"{path}: sha256 {got} does not match model.safetensors.sha256 ({want})")
+        raise WeightsError(f"{path}: sha256 {got} does not match model.safetensors.sha256 ({want})")

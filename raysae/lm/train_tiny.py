@@ -35,7 +35,7 @@ from raysae.lm.api import TINY_DIR, target_mask
 from raysae.lm.config import LMConfig
 from raysae.lm.model import count_params, forward, init_params, next_token_losses
 from raysae.lm.tokenizer import ByteTokenizer
-from raysae.lm.weights import save_checkpoint
+from raysae.lm.weights import save_weights
 
 TINY_CONFIG = LMConfig(vocab_size=259, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, head_dim=32,
                        d_mlp=384, query_pre_attn_scalar=32, sliding_window=64, bos_id=2, eos_id=1, pad_id=0)
@@ -111,7 +111,7 @@ def train(steps: int, out: str, log_every: int = 50) -> dict:
         "val_loss_nats_per_byte": round(val, 4), "val_unigram_nats_per_byte": round(unigram, 4),
         "history": hist, "train_seconds": round(time.time() - t0, 1), "jax": jax.__version__,
     }
-    save_checkpoint(out, params, cfg, np.float32, metadata={"trained_by": "raysae.lm.train_tiny"})
+    save_weights(out, params, cfg, np.float32, metadata={"trained_by": "raysae.lm.train_tiny"})
     hf = json.load(open(os.path.join(out, "config.json")))
     hf["raysae_tokenizer"] = ByteTokenizer().to_json()
     with open(os.path.join(out, "config.json"), "w") as f:

@@ -65,7 +65,8 @@ class Broker:
     """One broker of a stream, run as a Ray actor by `start_brokers`: a producer thread puts
     its slice's batches in order; `fetch` hands consumers refs a block at a time."""
 
-    def __init__(self, manifest_url: str, batch_size: int, config: StreamConfig, broker: int):
+    def __init__(self, manifest_url: str, batch_size: int, config: StreamConfig, broker: int,
+                 seek: bool = False):
         self.url, self.config, self.broker = manifest_url, config, broker
         manifest = Manifest.load(manifest_url)
         self.plan = BatchPlan(manifest, batch_size, config)
@@ -77,8 +78,9 @@ class Broker:
         self.cond = threading.Condition()
         self.error: BaseException | None = None
         self.stopped = False
-        self.restarted = ray.get_runtime_context().was_current_actor_reconstructed
-        # a fresh broker starts at 0; a restarted one waits for a consumer to say where
+        # A fresh broker starts at 0; a restarted one, or one started to finish a resumed
+        # sweep (`seek`), waits for the first consumer to say where it is.
+        self.restarted = ray.get_runtime_context().was_current_actor_reconstructed or seek
         self.lo = self.hi = None if self.restarted else 0
         self.idle_floor = self.lo
         self.joined: set[str] = set()  # every consumer ever seen (for expect_consumers)
@@ -249,7 +251,7 @@ def _check_fits(plan: BatchPlan, config: StreamConfig) -> None:
 
 
 def start_brokers(manifest_url: str, batch_size: int, config: StreamConfig | None = None,
-                  name: str = "default", num_cpus: float = 0.0) -> BrokerHandle:
+                  name: str = "default", num_cpus: float = 0.0, seek: bool = False) -> BrokerHandle:
     """Create (or reuse, by name) the brokers of a stream.
 
     Args:
@@ -258,6 +260,8 @@ def start_brokers(manifest_url: str, batch_size: int, config: StreamConfig | Non
         config: order, reading and buffering settings.
         name: the stream's name; trials find the brokers by it.
         num_cpus: CPUs each broker reserves (0: brokers never block trials from scheduling).
+        seek: start where the first consumer asks, not at batch 0 (resuming a sweep whose
+            trials continue from their checkpoints' positions).
     Returns:
         A picklable `BrokerHandle`.
     Raises:
@@ -275,7 +279,7 @@ def start_brokers(manifest_url: str, batch_size: int, config: StreamConfig | Non
             max_task_retries=0, max_concurrency=_MAX_CONCURRENCY, num_cpus=num_cpus)
         if config.spread:
             opts["scheduling_strategy"] = "SPREAD"
-        actors.append(actor_cls.options(**opts).remote(manifest_url, batch_size, config, b))
+        actors.append(actor_cls.options(**opts).remote(manifest_url, batch_size, config, b, seek))
     for b, a in enumerate(actors):
         url, bs, cfg = ray.get(a.describe.remote())
         if url != manifest_url or cfg.order_key(bs) != config.order_key(batch_size):

@@ -65,6 +65,7 @@ class BatchStream:
         self._readers: dict[int, SliceReader] = {}
         self.missed = self.looped = self.delivered = self.broker_retries = 0
         self.position = join_position(self.handle) if start_index is None else int(start_index)
+        self.start = self.position
 
     def __iter__(self) -> "BatchStream":
         return self
@@ -90,7 +91,8 @@ class BatchStream:
         """Counters for the trial's reports (names in `raysae.metrics`)."""
         from raysae import metrics as m
 
-        return {m.STREAM_POSITION: self.position, m.STREAM_DELIVERED: self.delivered,
+        return {m.STREAM_START: self.start, m.STREAM_POSITION: self.position,
+                m.STREAM_DELIVERED: self.delivered,
                 m.STREAM_MISSED: self.missed, m.STREAM_LOOPED: self.looped,
                 m.STREAM_LOOPED_BYTES: self.looped_bytes,
                 m.STREAM_BROKER_RETRIES: self.broker_retries}

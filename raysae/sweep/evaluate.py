@@ -33,7 +33,7 @@ def _model(source: str):
 
 
 @functools.lru_cache(maxsize=4)
-def _eval_stream(source: str, model_source: str, num_tokens: int) -> np.ndarray:
+def _eval_stream(source: str, model_source: str, num_tokens: int, text_field: str = "text") -> np.ndarray:
     """A 1-D token stream (documents joined by EOS) of about `num_tokens` tokens, from the end."""
     from raysae.activations.config import CacheConfig
     from raysae.activations.sources import documents, resolve_inputs
@@ -48,7 +48,7 @@ def _eval_stream(source: str, model_source: str, num_tokens: int) -> np.ndarray:
         # documents: keep a rolling window of about num_tokens tokens while streaming it.
         window: collections.deque = collections.deque()
         size = 0
-        for ids in documents(f, "text", model.tokenizer, model.config.vocab_size):
+        for ids in documents(f, text_field, model.tokenizer, model.config.vocab_size):
             window.append(np.asarray(ids, np.int32))
             size += len(window[-1]) + 1
             while size - len(window[0]) - 1 >= num_tokens - total:
@@ -67,7 +67,8 @@ def lm_evaluation(config: SweepConfig, site: str, folded, text: str) -> dict[str
 
     ec = dataclasses.replace(config.eval, progress=False)
     model = _model(config.model)
-    stream = _eval_stream(text, config.model, ec.num_sequences * ec.context_length)
+    rows = max(ec.num_sequences, ec.frequency_sequences if ec.frequency else 0)
+    stream = _eval_stream(text, config.model, rows * ec.context_length, config.data.cache.text_field)
     report = evaluate(folded, model, site, tokens=stream, config=ec)
     return {f"{names.EVAL_PREFIX}{k}": float(v) for k, v in report.metrics().items()}
 
@@ -79,7 +80,8 @@ def activation_evaluation(config: SweepConfig, manifest_url: str, folded) -> dic
     from raysae.data.local import LocalStream
     from raysae.sae.model import decode, encode
 
-    sc = dataclasses.replace(config.stream, seed=config.stream.seed + 1, epochs=None)
+    # another shuffle order; read here, whatever reader the sweep's brokers use
+    sc = dataclasses.replace(config.stream, seed=config.stream.seed + 1, epochs=None, reader="memmap")
     stream = LocalStream(manifest_url, config.train.batch_size, sc)
     d = stream.manifest.d
     l0 = sq = 0.0
@@ -96,7 +98,7 @@ def activation_evaluation(config: SweepConfig, manifest_url: str, folded) -> dic
     variance = float(np.sum((x - x.mean(0)) ** 2))
     rows = x.shape[0]
     return {names.EVAL_L0: l0 / rows, names.EVAL_FVU: sq / max(variance, 1e-30),
-            names.EVAL_MSE: sq / rows, f"{names.EVAL_PREFIX}num_tokens": float(rows)}
+            names.EVAL_MSE: sq / rows, names.EVAL_NUM_TOKENS: float(rows)}
 
 
 def final_evaluation(config: SweepConfig, site: str, manifest_url: str, folded) -> dict:

@@ -11,6 +11,7 @@ the reports through Ray's TuneReportCallback. JAX is imported inside the workers
 from __future__ import annotations
 
 import os
+import shutil
 from typing import Any, Callable
 
 import ray.train
@@ -54,10 +55,14 @@ def setup_worker(cpu_devices: int | None = None, cpu_collectives: str = "gloo"):
 def train_report(metrics: dict, checkpoint_url: str | None = None) -> None:
     """`ray.train.report` from every worker; rank 0 attaches the checkpoint pointer."""
     rank = ray.train.get_context().get_world_rank()
-    checkpoint = None
-    if checkpoint_url is not None and rank == 0:
-        checkpoint = ray.train.Checkpoint.from_directory(pointer_dir(checkpoint_url, metrics))
-    ray.train.report(metrics, checkpoint=checkpoint)
+    if checkpoint_url is None or rank != 0:
+        ray.train.report(metrics)
+        return
+    d = pointer_dir(checkpoint_url, metrics)
+    try:
+        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def _worker(cfg: dict) -> None:

@@ -94,15 +94,36 @@ def _max_concurrent(config: SweepConfig) -> int:
     return max(1, int(cpus // config.resources.cpus))
 
 
-def _start_brokers(config: SweepConfig, manifests: dict[str, str]) -> list:
+def _start_brokers(config: SweepConfig, manifests: dict[str, str], resume: bool) -> list:
     from raysae.stream import start_brokers
 
     per_site = config.num_trials() // len(config.sites)
     sc = config.stream
-    if sc.expect_consumers == 0:  # hold the first ring for the trials that start together
+    if sc.expect_consumers == 0 and not resume:  # hold the first ring for trials starting together
         sc = dataclasses.replace(sc, expect_consumers=min(per_site, _max_concurrent(config)))
-    return [start_brokers(manifests[s], config.train.batch_size, sc, name=stream_name(config, s))
-            for s in config.sites]
+    # A resumed sweep's trials continue from their own positions: brokers seek to them.
+    return [start_brokers(manifests[s], config.train.batch_size, sc, name=stream_name(config, s),
+                          seek=resume) for s in config.sites]
+
+
+_FIXED_BY_THE_SWEEP = ("width", "sparsity_coefficient", "steps", "batch_size", "transcoder")
+
+
+def _check_param_space(extra: dict | None) -> None:
+    """A user's search space may vary recipe fields, not what the sweep itself decides."""
+    from raysae.train.config import TrainConfig
+
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    for key in extra or {}:
+        if key in ("site", "width", "sparsity_coefficient"):
+            continue  # the sweep's own axes, replaced
+        if key in _FIXED_BY_THE_SWEEP:
+            raise ConfigError(f"param_space_extra.{key}: set by the sweep (the brokers batch "
+                              "for train.batch_size; tokens / widths decide steps); change "
+                              "the sweep config instead")
+        if key not in known:
+            raise ConfigError(f"param_space_extra.{key}: not a TrainConfig field "
+                              f"(one of {', '.join(sorted(known))})")
 
 
 def run_sweep(config: SweepConfig, *, resume: bool = False, param_space_extra: dict | None = None,
@@ -124,6 +145,7 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, param_space_extra: d
     """
     config = config.resolved()  # trials run in their own directories: no relative paths
     validate(config)  # before any Ray work: a bad file fails in one line
+    _check_param_space(param_space_extra)
     sweep_url = config.sweep_url
     storage_path, storage_fs = storage.pyarrow_filesystem(config.storage)
     exp_path = storage.join(storage_path, config.name) if storage_fs is None else \
@@ -141,7 +163,7 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, param_space_extra: d
     manifests = prepare_data(config)
     storage.write_bytes_atomic(storage.join(sweep_url, CONFIG_NAME),
                                yaml.safe_dump(to_dict(config), sort_keys=False).encode())
-    brokers = _start_brokers(config, manifests) if config.shared_stream else []
+    brokers = _start_brokers(config, manifests, resume) if config.shared_stream else []
     trainable = _trainable(config, manifests)
     try:
         if resume and tune.Tuner.can_restore(exp_path, storage_filesystem=storage_fs):

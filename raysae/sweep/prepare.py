@@ -53,8 +53,17 @@ def validate(config: SweepConfig) -> None:
         if lm is not None and not 0 <= site.layer < lm.n_layers:
             raise ConfigError(f"sites[{i}]: {site} is outside model {config.model!r}'s layers "
                               f"0..{lm.n_layers - 1}")
+    if config.resources.multi_process and config.stream.lag_policy == "skip":
+        raise ConfigError("stream.lag_policy: 'skip' would let the processes of a multi-host "
+                          "trial skip differently and train on different batches; use 'loop'")
     if config.data.manifest is None:
-        cache_config(config)  # the job's own checks (e.g. model_layers needs a random model)
+        from raysae.activations.sources import InputError, resolve_inputs
+
+        job = cache_config(config)  # the job's own checks (e.g. model_layers needs a random model)
+        try:
+            resolve_inputs(job)
+        except InputError as e:
+            raise ConfigError(f"data.text: {e}") from None
         return
     if len(config.sites) > 1 and "{site}" not in config.data.manifest:
         raise ConfigError("data.manifest: several sites need '{site}' in the URL "

@@ -19,7 +19,7 @@ from raysae.data.config import StreamConfig
 from raysae.evals.config import EvalConfig
 from raysae.lm.source import TINY, ModelSource
 from raysae.sites import SAESite
-from raysae.train.config import TrainConfig
+from raysae.train.config import TrainConfig, paper_tokens
 
 DISTRIBUTIONS = ("loguniform", "uniform")
 
@@ -84,8 +84,10 @@ class FinalEvalSpec:
     enabled: bool = True
     text: str | None = None
     activation_batches: int = 4
-    formats: list[Literal["npz", "saelens"]] = dataclasses.field(
-        default_factory=lambda: ["npz", "saelens"])
+    # npz: Gemma Scope params.npz beside the trial's results; saelens: a SAELens directory;
+    # gemma-scope: also the public release's layout, <sweep>/release/<site kind>/layer_L/...
+    formats: list[Literal["npz", "saelens", "gemma-scope"]] = dataclasses.field(
+        default_factory=lambda: ["npz", "saelens", "gemma-scope"])
 
     def __post_init__(self):
         check(self.activation_batches >= 1, "final_eval.activation_batches",
@@ -130,13 +132,17 @@ class FailureSpec:
 
 @dataclasses.dataclass(frozen=True)
 class SweepConfig:
+    """A sweep: sites × widths × λ, how much to train each SAE, and where everything lives."""
+
     name: str = "sweep"
     storage: str = "runs"
     model: str = TINY
+    model_name: str | None = None  # the HF / TransformerLens name saved SAEs record (default:
+                                   # from the checkpoint, e.g. "gemma-2-2b")
     sites: list[str] = dataclasses.field(default_factory=lambda: ["res:1"])
     widths: list[int] = dataclasses.field(default_factory=lambda: [16384])
     sparsity: SparsitySpec = dataclasses.field(default_factory=lambda: SparsitySpec(grid=[1e-3]))
-    tokens: int | None = None      # per SAE; None: train.steps × train.batch_size
+    tokens: int | None = None      # per SAE; None: the paper's budget for the width (Table 1)
     tokens_by_width: dict[int, int] = dataclasses.field(default_factory=dict)  # per-width budgets
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     data: DataSpec = dataclasses.field(default_factory=lambda: DataSpec(text=STDLIB))
@@ -167,14 +173,13 @@ class SweepConfig:
         check(self.concurrency >= 0, "concurrency", f"must be >= 0, got {self.concurrency}")
 
     # --- derived ---------------------------------------------------------------------------
-    @property
-    def steps(self) -> int:
-        return self.train.steps if self.tokens is None else self.tokens // self.train.batch_size
-
     def steps_for(self, width: int) -> int:
-        """Optimiser steps for an SAE of `width` (Gemma Scope gives wider SAEs more tokens)."""
-        t = self.tokens_by_width.get(int(width))
-        return self.steps if t is None else t // self.train.batch_size
+        """Optimiser steps for an SAE of `width`: `tokens_by_width`, else `tokens`, else the
+        paper's budget for the width (Gemma Scope gives wider SAEs more tokens)."""
+        t = self.tokens_by_width.get(int(width), self.tokens)
+        if t is None:
+            t = paper_tokens(int(width))
+        return max(1, t // self.train.batch_size)
 
     @property
     def sae_sites(self) -> list[SAESite]:

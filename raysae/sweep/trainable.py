@@ -2,10 +2,12 @@
 
 It turns the trial's point (``site``, ``width``, ``sparsity_coefficient``, plus any recipe
 field a user's param_space varies) into a `TrialPlan` and runs `trial.run_trial` in its own
-process, or in every process of a JaxTrainer job for multi-host / TPU-slice resources. A
-restarted trial reads Tune's checkpoint pointer and the loop resumes from the checkpoint
-on the sweep's storage; a fresh one joins the shared stream live. A trial whose
-``result.json`` exists (it finished just before a driver restart) reports it again.
+process, or in every process of a JaxTrainer job for multi-host / TPU-slice resources.
+Checkpoints live under ``<sweep>/checkpoints/<trial id>/``; Tune holds a pointer to the
+newest (for a multi-host trial, with its final result: Ray Train forwards only metrics), and
+a restarted trial's loop resumes from the newest checkpoint there. A fresh trial joins the
+shared stream live. A trial whose ``result.json`` exists (it finished just before a driver
+restart) reports it again.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import shutil
 
 from ray import tune
 
+from raysae import metrics as names
 from raysae import storage
 from raysae.config import from_dict, to_dict
 from raysae.sites import SAESite
@@ -47,31 +50,28 @@ def checkpoint_root(config: SweepConfig, trial_id: str) -> str:
     return storage.join(config.sweep_url, "checkpoints", trial_id)
 
 
-class TuneReporter:
-    """`tune.report` with a checkpoint pointer and the trial's process id added."""
-
-    def __init__(self, restored_step: int):
-        self.base = {"pid": os.getpid(), "restored_step": restored_step}
-
-    def __call__(self, metrics: dict, checkpoint_url: str | None = None) -> None:
-        row = {**metrics, **self.base}
-        if checkpoint_url is None:
-            tune.report(row)
-            return
-        d = pointer_dir(checkpoint_url, metrics)
-        try:
-            tune.report(row, checkpoint=tune.Checkpoint.from_directory(d))
-        finally:
-            shutil.rmtree(d, ignore_errors=True)
+def tune_report(metrics: dict, checkpoint_url: str | None = None) -> None:
+    """`tune.report` with the trial's process id, and a pointer to `checkpoint_url`."""
+    row = {**metrics, names.PID: os.getpid()}
+    if checkpoint_url is None:
+        tune.report(row)
+        return
+    d = pointer_dir(checkpoint_url, metrics)
+    try:
+        tune.report(row, checkpoint=tune.Checkpoint.from_directory(d))
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 def _report_callback():
     """Ray's TuneReportCallback minus the workers' ``done`` flag (the trial is not done when
-    its JaxTrainer is)."""
+    its JaxTrainer is) and minus the final row, which the trial reports with its pointer."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
     class _Report(TuneReportCallback):
         def after_report(self, run_context, metrics, checkpoint):
+            if names.SAE_URL in metrics[0]:
+                return
             metrics = [{k: v for k, v in m.items() if k != "done"} for m in metrics]
             super().after_report(run_context, metrics, checkpoint)
 
@@ -84,16 +84,22 @@ def _run_workers(config: SweepConfig, plan: TrialPlan) -> None:
 
     from raysae.sweep.jax_trainer import run_workers, scaling_config
 
+    from raysae.train.checkpoint import latest_checkpoint
+
     r = config.resources
+    gpu = r.gpus > 0 and r.tpu_topology is None
+    per_worker = None if r.tpu_topology else {"CPU": r.cpus, **({"GPU": r.gpus} if gpu else {})}
     scaling = scaling_config(
-        num_workers=r.hosts, use_tpu=r.tpu_topology is not None,
-        use_gpu=r.gpus > 0 and r.tpu_topology is None, topology=r.tpu_topology,
-        accelerator_type=r.tpu_accelerator,
-        resources_per_worker=None if (r.tpu_topology or r.gpus) else {"CPU": r.cpus})
+        num_workers=r.hosts, use_tpu=r.tpu_topology is not None, use_gpu=gpu,
+        topology=r.tpu_topology, accelerator_type=r.tpu_accelerator,
+        resources_per_worker=per_worker)
     path, fs = storage.pyarrow_filesystem(storage.join(config.sweep_url, "train-runs"))
     run_workers(run_trial, plan, scaling,
                 run_config=RunConfig(name=f"train-{plan.trial_id}", storage_path=path,
                                      storage_filesystem=fs, callbacks=[_report_callback()]))
+    # Process 0 wrote the final row last; report it from here, with Tune's pointer.
+    tune_report(json.loads(storage.read_bytes(plan.result_url)),
+                latest_checkpoint(plan.checkpoint_url))
 
 
 def train_sae(params: dict, *, sweep: dict, manifests: dict[str, str]) -> None:
@@ -114,12 +120,11 @@ def train_sae(params: dict, *, sweep: dict, manifests: dict[str, str]) -> None:
         tc = from_dict(type(tc), {**to_dict(tc), **extra}, "params")
     trial_id = tune.get_context().get_trial_id() or "local"
     url = sae_url(config, params, trial_id)
-    ckpt_url, restored_step = checkpoint_root(config, trial_id), 0
+    ckpt_url = checkpoint_root(config, trial_id)
     pointer = tune.get_checkpoint()
-    if pointer is not None:
+    if pointer is not None:  # the same root unless the sweep's storage moved
         with pointer.as_directory() as d:
-            newest, restored_step = read_pointer(d)
-        ckpt_url = newest.rsplit("/", 1)[0]
+            ckpt_url = read_pointer(d)[0].rsplit("/", 1)[0]
     plan = TrialPlan(sweep=config, site=site, train=tc, manifest_url=manifests[params["site"]],
                      trial_id=trial_id, sae_url=url, checkpoint_url=ckpt_url,
                      stream=stream_name(config, site) if config.shared_stream else None)
@@ -135,4 +140,4 @@ def train_sae(params: dict, *, sweep: dict, manifests: dict[str, str]) -> None:
     if config.resources.multi_process:
         _run_workers(config, plan)
     else:
-        run_trial(plan, TuneReporter(restored_step))
+        run_trial(plan, tune_report)

@@ -19,6 +19,7 @@ import jax
 
 from raysae import metrics as names
 from raysae import storage
+from raysae.config import to_dict
 from raysae.data.local import LocalSource
 from raysae.data.shards import Manifest
 from raysae.sites import SAESite
@@ -54,8 +55,9 @@ class TrialPlan:
 
 def data_source(plan: TrialPlan, process_index: int):
     """The trial's BatchSource: the shared stream (one consumer id per process) or the cache."""
-    if plan.stream is None:
-        return LocalSource(plan.manifest_url, plan.train.batch_size, plan.sweep.stream)
+    if plan.stream is None:  # its own copy, read here whatever reader the brokers would use
+        config = dataclasses.replace(plan.sweep.stream, reader="memmap")
+        return LocalSource(plan.manifest_url, plan.train.batch_size, config)
     from raysae.stream import SharedSource  # the Ray edge: only trials on brokers need it
 
     return SharedSource(plan.stream, f"{plan.trial_id}-p{process_index}", plan.join_at)
@@ -74,33 +76,35 @@ def run_trial(plan: TrialPlan, report: Reporter) -> dict:
     manifest = Manifest.load(plan.manifest_url)
     source = data_source(plan, jax.process_index())
     tc = plan.train
-    last: dict = {}
+    started = {names.RESTORED_STEP: 0}
     pending: list[str] = []
 
-    def extras() -> dict:  # the shared stream's counters
-        return source.metrics() if hasattr(source, "metrics") else {}
+    def extras() -> dict:  # the step training resumed from and the shared stream's counters
+        return {**started, **(source.metrics() if hasattr(source, "metrics") else {})}
 
     def on_metrics(step: int, row: dict) -> None:
-        last.clear()
-        last.update(row)
         report({**row, **extras()}, pending.pop() if pending else None)
 
     def on_checkpoint(url: str, step: int) -> None:
         pending[:] = [url]
         if step % tc.log_every and step < tc.steps:  # not riding on a metrics report
-            report({**last, names.STEP: step, **extras()}, pending.pop())
+            report({names.STEP: step, names.TOKENS: step * tc.batch_size, **extras()},
+                   pending.pop())
 
     result = train(tc, source, norm_scalar=manifest.norm_scalar,
                    d=manifest.d, d_out=manifest.d if tc.transcoder else None,
                    checkpoint_url=plan.checkpoint_url, on_metrics=on_metrics,
-                   on_checkpoint=on_checkpoint)
-    final = dict(result.history[-1]) if result.history else dict(last)
-    final.update({names.STEP: result.steps, "processes": jax.process_count(),
-                  "devices": jax.device_count()})
+                   on_checkpoint=on_checkpoint,
+                   on_start=lambda step, position: started.update({names.RESTORED_STEP: step}))
+    final = dict(result.history[-1]) if result.history else {}
+    final.update({names.STEP: result.steps, names.PROCESSES: jax.process_count(),
+                  names.DEVICES: jax.device_count()})
     if jax.process_index() == 0:
+        save_sae(plan, manifest, result)  # before evaluating: a failed eval loses nothing
         if plan.sweep.final_eval.enabled:
             final.update(final_evaluation(plan.sweep, plan.site, plan.manifest_url, result.folded))
-        save_sae(plan, manifest, result)
+        if "gemma-scope" in plan.sweep.final_eval.formats:
+            save_release_copy(plan, result.folded, final.get(names.EVAL_L0, final.get(names.L0)))
         final[names.SAE_URL] = plan.sae_url
     report({**final, **extras()}, pending.pop() if pending else None)
     if jax.process_index() == 0:
@@ -111,16 +115,31 @@ def run_trial(plan: TrialPlan, report: Reporter) -> dict:
 
 def save_sae(plan: TrialPlan, manifest: Manifest, result) -> None:
     """The folded SAE (raw activation space) in the formats the sweep asks for."""
-    from raysae.sae import formats
+    from raysae.lm.source import ModelSource
+    from raysae.sae.formats import save_npz
+    from raysae.sae.saelens import save_saelens
 
     sweep, tc = plan.sweep, plan.train
     if "npz" in sweep.final_eval.formats:
-        formats.save_npz(result.folded, plan.sae_url)
+        save_npz(result.folded, plan.sae_url)
     if "saelens" in sweep.final_eval.formats:
-        formats.save_saelens(
-            result.folded, storage.join(plan.sae_url, "saelens"), model_name=sweep.model,
-            site=SAESite.parse(plan.site), context_size=sweep.eval.context_length,
-            extra={"sweep": sweep.name, "site": plan.site, "width": tc.width,
-                   "sparsity_coefficient": tc.sparsity_coefficient, "steps": result.steps,
+        context = manifest.config.get("cache", {}).get("context_length") or sweep.eval.context_length
+        save_saelens(
+            result.folded, storage.join(plan.sae_url, "saelens"),
+            model_name=sweep.model_name or ModelSource(sweep.model).model_name(),
+            site=SAESite.parse(plan.site), context_size=context,
+            dataset_path=sweep.data.text or plan.manifest_url,
+            extra={"sweep": sweep.name, "site": plan.site, "trial_id": plan.trial_id,
+                   "train": to_dict(tc), "steps": result.steps,
                    "tokens": result.steps * tc.batch_size, "norm_scalar": result.norm_scalar,
-                   "manifest": manifest.model})
+                   "activations": plan.manifest_url, "model": sweep.model})
+
+
+def save_release_copy(plan: TrialPlan, folded, l0: float | None) -> str:
+    """The SAE again in the public release's layout, under <sweep>/release/<site kind>/."""
+    from raysae.sae.release import save_release
+
+    site = SAESite.parse(plan.site)
+    kind = "transcoder" if site.is_transcoder else site.input.kind
+    root = storage.join(plan.sweep.sweep_url, "release", kind)
+    return save_release(folded, root, site.layer, l0 if l0 is not None else 0.0)

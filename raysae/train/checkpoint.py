@@ -34,6 +34,8 @@ class CheckpointError(ValueError):
 
 @dataclasses.dataclass
 class Checkpoint:
+    """One loaded checkpoint: the state and what the run needs to continue exactly."""
+
     state: TrainState
     step: int
     norm_scalar: float
@@ -104,7 +106,17 @@ def latest_checkpoint(url: str) -> str | None:
 
 
 def load_checkpoint(ckpt_url: str, config: TrainConfig | None = None) -> Checkpoint:
-    """Load one checkpoint directory. `config` (if given) must agree on the model shape."""
+    """Load one checkpoint directory.
+
+    Args:
+        ckpt_url: a ``step-N`` directory (see `latest_checkpoint`).
+        config: the run's recipe, which must agree on width and transcoder (default: the
+            checkpoint's own).
+    Returns:
+        A `Checkpoint`.
+    Raises:
+        CheckpointError naming the file when it is missing, incomplete or does not fit.
+    """
     meta_url = storage.join(ckpt_url, "meta.json")
     try:
         meta = json.loads(storage.read_bytes(meta_url))

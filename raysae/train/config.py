@@ -14,11 +14,20 @@ from typing import Literal
 from raysae.config import check
 
 
+def paper_tokens(width: int) -> int:
+    """Gemma Scope's training tokens for an SAE of `width` (Table 1): 4B up to 16.4K latents,
+    8B up to 524K, 16B at 1M and wider."""
+    if width <= 16_384:
+        return 4_000_000_000
+    return 8_000_000_000 if width < 2**20 else 16_000_000_000
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     width: int = 16384                      # M, number of latents
     sparsity_coefficient: float = 1e-3      # λ (the sweep varies it)
-    steps: int = 100_000                    # optimiser steps (tokens = steps · batch_size)
+    steps: int | None = None                # optimiser steps; None: the width's paper budget
+                                            # (`paper_tokens(width)` / batch_size)
     batch_size: int = 4096
     lr: float = 7e-5
     lr_warmup_steps: int = 1000
@@ -43,6 +52,9 @@ class TrainConfig:
 
     def __post_init__(self):
         check(self.width > 0, "width", f"must be positive, got {self.width}")
+        check(self.batch_size > 0, "batch_size", f"must be positive, got {self.batch_size}")
+        if self.steps is None:  # the effective value is what the config records
+            object.__setattr__(self, "steps", max(1, paper_tokens(self.width) // self.batch_size))
         check(self.sparsity_coefficient >= 0, "sparsity_coefficient",
               f"must be >= 0, got {self.sparsity_coefficient}")
         check(self.steps > 0, "steps", f"must be positive, got {self.steps}")

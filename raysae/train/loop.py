@@ -27,7 +27,7 @@ from raysae.train.checkpoint import (CheckpointError, host_array, latest_checkpo
                                      load_checkpoint, save_checkpoint)
 from raysae.train.config import TrainConfig
 from raysae.train.mesh import BATCH_SPEC, MeshSplit, mesh_for
-from raysae.train.sharded import ShardedStep, place_batch, prefetch
+from raysae.train.sharded import ShardedStep, local_rows, place_batch, prefetch
 from raysae.train.source import as_source, close
 from raysae.train.step import TrainState, init_state
 
@@ -40,6 +40,8 @@ class TrainingDataError(ValueError):
 
 @dataclasses.dataclass
 class TrainResult:
+    """What `train` returns (on every process of a multi-process job)."""
+
     params: SAEParams            # trained, in normalised space (inputs / C)
     folded: SAEParams            # raw activation space (Gemma Scope App. A)
     norm_scalar: float           # C
@@ -51,12 +53,29 @@ class TrainResult:
     truncated: bool = False      # the data ran out before config.steps
 
 
-def _check_batch(batch: Any, width: int | None, where: str) -> None:
+def _check_batch(batch: Any, width: int | None, where: str, rows: int | None = None) -> None:
     if getattr(batch, "ndim", None) != 2:
         raise TrainingDataError(f"{where}: expected a 2-D array [B, d], got "
                                 f"{getattr(batch, 'shape', type(batch).__name__)}")
     if width is not None and batch.shape[1] != width:
         raise TrainingDataError(f"{where}: width {batch.shape[1]} but this SAE expects {width}")
+    if rows is not None and batch.shape[0] != rows:
+        raise TrainingDataError(f"{where}: {batch.shape[0]} rows but batch_size asks for {rows}"
+                                + (" (this process's share)" if jax.process_count() > 1 else ""))
+
+
+def _agree_on_resume(step: int, position: int | None, where: str | None) -> None:
+    """Every process of a job must resume from the same checkpoint (shared storage)."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    mine = np.array([step, -1 if position is None else position], np.int64)
+    first = np.asarray(multihost_utils.broadcast_one_to_all(mine))
+    if not np.array_equal(mine, first):
+        raise CheckpointError(
+            f"{where}: process {jax.process_index()} would resume at step {step}, process 0 at "
+            f"step {int(first[0])}: every host must see the same checkpoint storage")
 
 
 def train(config: TrainConfig, data: Any, *, norm_scalar: float, d: int | None = None,
@@ -66,6 +85,7 @@ def train(config: TrainConfig, data: Any, *, norm_scalar: float, d: int | None =
           mesh: Mesh | None = None, devices: list | None = None, local_batches: bool = False,
           prefetch_batches: int = 2, state: TrainState | None = None,
           on_split: Callable[[MeshSplit], None] | None = None,
+          on_start: Callable[[int, int], None] | None = None,
           write_checkpoints: bool | None = None) -> TrainResult:
     """Train one SAE (or transcoder) per `config`.
 
@@ -77,14 +97,18 @@ def train(config: TrainConfig, data: Any, *, norm_scalar: float, d: int | None =
         norm_scalar: C, by which every input (and a transcoder's target) is divided; pass
             1.0 only for data that is already normalised.
         d, d_out: input and output widths (default: from the first batch).
-        checkpoint_url: where checkpoints go (any fsspec URL); with `resume`, training
-            continues from the latest one there.
+        checkpoint_url: where checkpoints go (any fsspec URL).
+        resume: continue from the latest checkpoint under `checkpoint_url` (every process of
+            a multi-process job must see the same one).
         on_metrics: called as (step, row) every `log_every` steps and at the end.
         on_checkpoint: called as (checkpoint URL, step) after each checkpoint.
         mesh / devices: the device mesh, or the devices to choose one over (default: every
             device of the job, split by `mesh.mesh_for`).
+        local_batches: each process's source yields only its rows of every global batch.
+        prefetch_batches: batches read and placed ahead, in a thread.
         state: a state to start from (e.g. around an unfolded release) instead of the init.
         on_split: called with the chosen data × model split.
+        on_start: called as (step, position) once training starts (step > 0 after a resume).
         write_checkpoints: whether this process writes (default: process 0 only).
     Returns:
         A `TrainResult`.
@@ -107,10 +131,14 @@ def train(config: TrainConfig, data: Any, *, norm_scalar: float, d: int | None =
                                       f"run divides by C={norm_scalar} (different data?)")
             state, position, d, d_out = ckpt.state, ckpt.data_position, ckpt.d, ckpt.d_out
             log.info("resuming from %s (step %d, batch %d)", ckpt_url, ckpt.step, position)
+        _agree_on_resume(int(host_array(state.step)) if state is not None else 0, position,
+                         checkpoint_url)
 
     run = _Run(config, norm_scalar, checkpoint_url, write, on_metrics, on_checkpoint)
     if state is not None and int(host_array(state.step)) >= config.steps:  # already done
         run.begin(state, d, d_out, position or 0)
+        if on_start:
+            on_start(run.step0, run.start)
         return run.finish(state, t0)
     batches = as_source(data).open(position)
     try:
@@ -118,7 +146,8 @@ def train(config: TrainConfig, data: Any, *, norm_scalar: float, d: int | None =
         if first is None:
             raise TrainingDataError("the data yielded no batches"
                                     + (f" from position {position}" if position else ""))
-        _check_batch(first, None, f"batch {batches.position - 1}")
+        first_index = batches.position - 1  # a fresh stream may start anywhere (joined live)
+        _check_batch(first, None, f"batch {first_index}")
         if d is None:
             d = first.shape[1] // 2 if config.transcoder else first.shape[1]
         if d_out is None:
@@ -131,10 +160,13 @@ def train(config: TrainConfig, data: Any, *, norm_scalar: float, d: int | None =
         sharding = NamedSharding(mesh, BATCH_SPEC)
         rows = config.batch_size if local_batches else None
         width = d + d_out if config.transcoder else d
+        want_rows = (local_rows(sharding, (config.batch_size, d)).stop
+                     - local_rows(sharding, (config.batch_size, d)).start) if local_batches \
+            else config.batch_size
 
         def place(item):
             pos, batch = item
-            _check_batch(batch, width, f"batch {pos - 1}")
+            _check_batch(batch, width, f"batch {pos - 1}", want_rows)
             if not config.transcoder:
                 return pos, place_batch(batch, sharding, rows), None
             return (pos, place_batch(batch[:, :d], sharding, rows),
@@ -148,7 +180,9 @@ def train(config: TrainConfig, data: Any, *, norm_scalar: float, d: int | None =
         if state is None:
             state = init_state(config, d, d_out=d_out)
         state = step_fn.place_state(state)
-        run.begin(state, d, d_out, position or 0)
+        run.begin(state, d, d_out, first_index)
+        if on_start:
+            on_start(run.step0, first_index)
         if run.step < config.steps:
             with contextlib.closing(prefetch(items(), place, prefetch_batches)) as placed:
                 for pos, x, target in placed:

@@ -205,7 +205,16 @@ def _check_overrides(width: int, batch: int, n: int, data: int | None, model: in
 
 def mesh_for(config, d: int, devices: list | None = None,
              profile: DeviceProfile | None = None) -> tuple[Mesh, MeshSplit]:
-    """The mesh a TrainConfig should train on over `devices` (default: all of the job's)."""
+    """The mesh a TrainConfig should train on.
+
+    Args:
+        config: the recipe (width, batch size, compute dtype, data/model overrides).
+        d: the input width.
+        devices: the devices to span (default: every device of the job).
+        profile: the device's figures for the cost model (default: detected).
+    Returns:
+        (the Mesh, the `MeshSplit` chosen and why).
+    """
     devices = list(jax.devices() if devices is None else devices)
     local = sum(1 for x in devices if x.process_index == jax.process_index())
     split = choose_degrees(config.width, d, config.batch_size, len(devices),

@@ -17,6 +17,8 @@ import numpy as np
 
 @runtime_checkable
 class Batches(Protocol):
+    """An open stream of raw [B, width] batches; `position` is the index of the next one."""
+
     position: int
 
     def __iter__(self) -> Iterator[np.ndarray]: ...

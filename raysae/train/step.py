@@ -22,6 +22,8 @@ from raysae.train.schedules import cosine_warmup, linear_warmup
 
 
 class TrainState(NamedTuple):
+    """Everything a training run carries from step to step (a pytree, checkpointed whole)."""
+
     params: SAEParams
     opt_state: optax.OptState
     step: jax.Array            # int32 scalar: updates applied so far
@@ -30,6 +32,8 @@ class TrainState(NamedTuple):
 
 
 class StepMetrics(NamedTuple):
+    """One step's scalars (named as in `raysae.metrics`)."""
+
     loss: jax.Array
     mse: jax.Array
     fvu: jax.Array
@@ -37,7 +41,7 @@ class StepMetrics(NamedTuple):
     sparsity_loss: jax.Array
     sparsity_coefficient: jax.Array
     lr: jax.Array
-    dead_fraction: jax.Array
+    dead_window_fraction: jax.Array  # fired on no row in the last dead_window_steps steps
 
 
 def compute_dtype(config: TrainConfig):
@@ -46,7 +50,16 @@ def compute_dtype(config: TrainConfig):
 
 def init_state(config: TrainConfig, d: int, *, d_out: int | None = None,
                key: jax.Array | None = None, params: SAEParams | None = None) -> TrainState:
-    """Fresh state (paper init) or a state around given `params` (e.g. an unfolded release)."""
+    """A fresh training state.
+
+    Args:
+        config: the recipe (width, transcoder, θ₀, optimiser).
+        d, d_out: input and output widths (d_out defaults to d).
+        key: the init's PRNG key (default: from `config.seed`).
+        params: start from these (e.g. an unfolded release) instead of the paper's init.
+    Returns:
+        A `TrainState` at step 0.
+    """
     if params is None:
         key = jax.random.PRNGKey(config.seed) if key is None else key
         params = init_params(key, d, config.width, d_out=d_out, transcoder=config.transcoder,
@@ -60,7 +73,17 @@ def init_state(config: TrainConfig, d: int, *, d_out: int | None = None,
 
 def train_step(state: TrainState, x: jax.Array, target: jax.Array | None,
                config: TrainConfig) -> tuple[TrainState, StepMetrics]:
-    """One update on batch x [B, d_in] (target [B, d_out] for transcoders, else None)."""
+    """One optimisation step (pure; jit it, or use `ShardedStep`, which divides by C first).
+
+    Args:
+        state: the state before the step.
+        x: [B, d_in] inputs, already divided by C.
+        target: [B, d_out] transcoder targets (divided by the input's C), or None for an SAE.
+        config: the recipe.
+    Returns:
+        (the new state, this step's `StepMetrics`); a non-finite batch leaves the state as
+        it was and records its step in `first_bad_step`.
+    """
     optimizer = make_optimizer(config)
     lam = linear_warmup(config.sparsity_coefficient, config.sparsity_warmup_steps)(state.step)
     lr = cosine_warmup(config.lr, config.lr_warmup_steps, config.lr_warmup_start)(state.step)
@@ -91,5 +114,5 @@ def train_step(state: TrainState, x: jax.Array, target: jax.Array | None,
     metrics = StepMetrics(loss=parts.loss, mse=parts.mse, fvu=parts.mse / parts.variance,
                           l0=parts.l0, sparsity_loss=parts.sparsity_loss,
                           sparsity_coefficient=jnp.asarray(lam, jnp.float32),
-                          lr=jnp.asarray(lr, jnp.float32), dead_fraction=jnp.mean(dead))
+                          lr=jnp.asarray(lr, jnp.float32), dead_window_fraction=jnp.mean(dead))
     return kept, metrics

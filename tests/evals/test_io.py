@@ -17,7 +17,8 @@ from raysae.evals import (EvalConfig, EvalReport, eval_tokens, evaluate, read_re
 from raysae.evals.cli import main
 from raysae.evals.inputs import iter_texts, load_sae
 from raysae.lm import ByteTokenizer, load_lm
-from raysae.sae.formats import SAEFormatError, save_npz, save_saelens
+from raysae.sae.formats import SAEFormatError, save_npz
+from raysae.sae.saelens import save_saelens
 from raysae.sae.params import SAEParams
 
 # Same shapes and settings as tests/test_evals.py, so the compiled programs are shared.

@@ -3,6 +3,7 @@ reconstruction = zero ablation, FVU of the mean predictor, L0 / firing counts / 
 curves against a direct numpy computation, r_L0 on hand-built attributions and against a brute-force
 per-token gradient, transcoder pairs, batch-size invariance."""
 
+import dataclasses
 import glob
 import sysconfig
 
@@ -75,7 +76,9 @@ def test_identity_sae_has_exactly_zero_delta_loss(model, data):
     lp = lg - lg.max(-1, keepdims=True)
     lp = lp - np.log(np.exp(lp).sum(-1, keepdims=True))
     nll = -np.take_along_axis(lp, data.tokens[:, 1:, None], -1)[..., 0]
-    tm = np.asarray(target_mask(data.tokens, model.config, data.attention_mask))
+    # (predictions made where the SAE is spliced: not at BOS, EOS or pad)
+    tm = np.asarray(target_mask(data.tokens, model.config, data.attention_mask)) & \
+        np.asarray(loss_mask(data.tokens, model.config, data.attention_mask))[:, :-1]
     assert s["clean_loss"] == pytest.approx(nll[tm].mean(), rel=1e-5)
     assert s["num_predictions"] == tm.sum()
 
@@ -132,6 +135,11 @@ def test_l0_frequencies_mse_and_positions_match_numpy(model, data):
         assert r.per_position["fvu"][t] == pytest.approx(
             sq[:, t][mask[:, t]].mean() / ((xt - xt.mean(0)) ** 2).sum(-1).mean(), rel=1e-4)
     assert r.per_position["num_tokens"][0] == 0 and r.per_position["mse"][0] is None  # BOS never counts
+    # Predictions made at BOS (where the SAE is never spliced) do not count in any loss.
+    assert r.per_position["num_predictions"][0] == 0 and r.per_position["delta_loss"][0] is None
+    from raysae.lm import target_mask
+    counted = np.asarray(target_mask(data.tokens, model.config, data.attention_mask)) & mask[:, :-1]
+    assert s["num_predictions"] == int(counted.sum()) and counted[:, 0].sum() == 0
     # The per-position delta loss averages back to the overall delta loss.
     pn = np.array(r.per_position["num_predictions"])
     dl = np.array([0.0 if v is None else v for v in r.per_position["delta_loss"]])
@@ -230,3 +238,22 @@ def test_batch_size_does_not_change_results(model, data):
     for k in ("l0", "mse", "fvu", "variance", "delta_loss", "zero_ablation_loss", "mean_ablation_loss", "r_l0"):
         assert a.summary[k] == pytest.approx(b.summary[k], rel=1e-4, abs=1e-6), k
     np.testing.assert_array_equal(a.frequencies, b.frequencies)
+
+
+def test_firing_frequencies_have_their_own_larger_sample(model, texts):
+    """Frequencies (and dead latents) come from `frequency_sequences` rows, the eval set's among
+    them; every other metric from the first `num_sequences` (the paper: 20,000 vs 2,048)."""
+    d = model.config.d_model
+    sae = random_sae(d, 2 * d, seed=3)
+    cfg = dataclasses.replace(CFG, num_sequences=3, frequency_sequences=6)
+    assert EvalConfig().frequency_sequences == 20_000
+    r = evaluate(sae, model, SITE, texts=texts, config=cfg)
+    everything = eval_tokens(model, dataclasses.replace(cfg, num_sequences=6), texts=texts)
+    acts, mask = site_numpy(model, everything, SITE)
+    active = ((acts @ sae.W_enc + sae.b_enc) > sae.threshold) & mask[..., None]
+    n_all, n_eval = mask.sum(), mask[:3].sum()
+    assert r.summary["num_tokens"] == n_eval and r.summary["frequency_tokens"] == n_all > n_eval
+    np.testing.assert_allclose(r.frequencies, active.sum((0, 1)) / n_all, rtol=1e-12)
+    assert r.summary["l0"] == pytest.approx(active[:3].sum() / n_eval, rel=1e-6)
+    assert r.frequency_histogram["resolution"] == pytest.approx(1 / n_all)
+    assert r.summary["dead_latents"] == int((active.sum((0, 1)) == 0).sum())

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from raysae.config import ConfigError
-from raysae.lm import (GEMMA2_2B, GEMMA2_9B, GEMMA2_27B, SITE_KINDS, ByteTokenizer, CheckpointError,
+from raysae.lm import (GEMMA2_2B, GEMMA2_9B, GEMMA2_27B, SITE_KINDS, ByteTokenizer, WeightsError,
                        HFTokenizer, LanguageModel, LMConfig, Site, embed_tokens, forward, init_params, load_lm,
-                       load_params, loss_mask, pad_batch, param_shapes, save_checkpoint, site_activations,
+                       load_params, loss_mask, pad_batch, param_shapes, save_weights, site_activations,
                        target_mask, token_losses, token_losses_from)
 from raysae.lm.weights import read_safetensors, safetensors_bytes
 from raysae.storage import read_bytes, write_bytes_atomic
@@ -43,7 +43,7 @@ def test_site_parse_and_str():
         Site.parse("resid:1")
     with pytest.raises(ConfigError, match="layer"):
         Site.check(Site(5, "res"), n_layers=3)
-    assert SITE_KINDS == ("attn", "mlp", "res", "mlp_in")
+    assert SITE_KINDS == ("attn", "mlp", "res", "mlp_in", "res_mid")
 
 
 def test_presets_shapes_and_param_counts():
@@ -97,8 +97,10 @@ def test_sites_are_consistent_with_each_other(model):
     a = rms_norm(acts[Site(1, "attn")] @ lp["o_proj"].T, lp["post_attention_layernorm"], CFG.rms_eps)
     np.testing.assert_allclose(acts[Site(1, "res")], acts[Site(0, "res")] + a + acts[Site(1, "mlp")],
                                rtol=1e-5, atol=1e-4)
-    np.testing.assert_allclose(acts[Site(1, "mlp_in")],
-                               rms_norm(acts[Site(0, "res")] + a, lp["pre_feedforward_layernorm"], CFG.rms_eps),
+    np.testing.assert_allclose(acts[Site(1, "res_mid")], acts[Site(0, "res")] + a, rtol=1e-5, atol=1e-5)
+    # mlp_in: the pre-MLP RMSNorm with its gain folded out (App. B)
+    from raysae.lm.model import normalize
+    np.testing.assert_allclose(acts[Site(1, "mlp_in")], normalize(acts[Site(0, "res")] + a, CFG.rms_eps),
                                rtol=1e-5, atol=1e-5)
 
 
@@ -127,13 +129,27 @@ def test_transcoder_splice_pair(model):
     lp = model.params["layers"][1]
     from raysae.lm.model import rms_norm
 
-    def true_mlp(x):  # a perfect "transcoder": the MLP branch itself
+    def true_mlp(n):  # a perfect "transcoder": the MLP branch itself, with the gain folded in
+        x = n * (1.0 + lp["pre_feedforward_layernorm"])
         g = jax.nn.gelu(x @ lp["gate_proj"].T, approximate=True)
         return rms_norm((g * (x @ lp["up_proj"].T)) @ lp["down_proj"].T, lp["post_feedforward_layernorm"], CFG.rms_eps)
 
     clean, _ = token_losses(model, tok)
     same, _ = token_losses(model, tok, splice={(Site(1, "mlp_in"), Site(1, "mlp")): true_mlp})
     np.testing.assert_allclose(same, clean, rtol=1e-5, atol=1e-6)
+    # The transcoder input has the RMSNorm's gain folded out: every row has norm √d_model
+    # (App. B), although the model's pre-MLP gain is far from 1.
+    acts = site_activations(model, tok, ["mlp_in:1", "res_mid:1"])
+    norms = np.linalg.norm(np.asarray(acts[Site(1, "mlp_in")]), axis=-1)
+    np.testing.assert_allclose(norms, np.sqrt(CFG.d_model), rtol=1e-4)
+    gain = 1.0 + np.asarray(lp["pre_feedforward_layernorm"])
+    assert np.abs(gain - 1).max() > 0.05
+    mid = np.asarray(acts[Site(1, "res_mid")])
+    want = mid / np.sqrt((mid ** 2).mean(-1, keepdims=True) + CFG.rms_eps)
+    np.testing.assert_allclose(np.asarray(acts[Site(1, "mlp_in")]), want, rtol=1e-4, atol=1e-5)
+    # Splicing the identity at mlp_in (and at res_mid) changes nothing.
+    ident, _ = token_losses(model, tok, splice={"mlp_in:1": lambda x: x, "res_mid:1": lambda x: x})
+    np.testing.assert_allclose(ident, clean, rtol=1e-6, atol=1e-6)
     off, _ = token_losses(model, tok, splice={("mlp_in:1", "mlp:1"): jnp.zeros_like})
     assert float(jnp.abs(off - clean).max()) > 1e-3
     with pytest.raises(ValueError, match="transcoder"):
@@ -175,7 +191,7 @@ def test_bf16_weights_run(model):
 
 def test_checkpoint_roundtrip_memory_and_sharded(model, tmp_path):
     url = "memory://lmtest/ckpt"
-    save_checkpoint(url, model.params, CFG)
+    save_weights(url, model.params, CFG)
     back = load_lm(url)
     assert back.config == CFG and back.tokenizer is None
     for a, b in zip(jax.tree_util.tree_leaves(back.params), jax.tree_util.tree_leaves(model.params)):
@@ -199,13 +215,13 @@ def test_checkpoint_roundtrip_memory_and_sharded(model, tmp_path):
 
 def test_checkpoint_errors_name_the_tensors(model):
     url = "memory://lmtest/bad"
-    save_checkpoint(url, model.params, CFG)
+    save_weights(url, model.params, CFG)
     tensors = read_safetensors(url + "/model.safetensors")
     del tensors["model.layers.1.mlp.up_proj.weight"]
     tensors["model.layers.0.self_attn.q_proj.weight"] = np.zeros((3, 3), np.float32)
     tensors["model.layers.0.self_attn.q_norm.weight"] = np.zeros((8,), np.float32)
     write_bytes_atomic(url + "/model.safetensors", safetensors_bytes(tensors))
-    with pytest.raises(CheckpointError) as e:
+    with pytest.raises(WeightsError) as e:
         load_params(url, CFG)
     msg = str(e.value)
     assert "missing tensors: model.layers.1.mlp.up_proj.weight" in msg
@@ -213,6 +229,59 @@ def test_checkpoint_errors_name_the_tensors(model):
     assert "model.layers.0.self_attn.q_proj.weight (3, 3) (expected (32, 32))" in msg
     with pytest.raises(ConfigError, match="no config.json at memory://lmtest/nowhere"):
         load_lm("memory://lmtest/nowhere")
+
+
+def _corrupt_weights(data: bytes, how: str) -> bytes:
+    n = int.from_bytes(data[:8], "little")
+    if how == "truncated":
+        return data[: len(data) // 2]
+    if how == "tiny_file":
+        return data[:5]
+    if how == "header_json":
+        return data[:8] + b"{" * 4 + data[12:]
+    if how == "offsets":  # a tensor whose byte range does not fit its shape
+        header = json.loads(data[8:8 + n])
+        name = sorted(k for k in header if k != "__metadata__")[0]
+        header[name]["data_offsets"][1] -= 4
+        h = json.dumps(header).encode()
+        h += b" " * (-len(h) % 8)
+        return len(h).to_bytes(8, "little") + h + data[8 + n:]
+    raise ValueError(how)
+
+
+@pytest.mark.parametrize("how, match", [
+    ("truncated", r"model\.safetensors: tensor .* ends at byte \d+ of the data but the file has"),
+    ("tiny_file", r"model\.safetensors: 5 bytes, too short"),
+    ("header_json", r"model\.safetensors: the safetensors header is not valid JSON"),
+    ("offsets", r"model\.safetensors: tensor \S+: data_offsets .* needs \d+"),
+])
+def test_a_malformed_weights_file_is_named_with_its_tensor(model, how, match):
+    url = f"memory://lmtest/malformed-{how}"
+    save_weights(url, model.params, CFG)
+    data = read_bytes(url + "/model.safetensors")
+    write_bytes_atomic(url + "/model.safetensors", _corrupt_weights(data, how))
+    with pytest.raises(WeightsError, match=match):
+        load_params(url, CFG)
+
+
+@pytest.mark.parametrize("edit, match", [
+    (None, r"config\.json: not valid JSON"),
+    ({"num_hidden_layers": "three"}, r"config\.json: num_hidden_layers: expected an integer, got 'three'"),
+    ({"sliding_window": None}, r"config\.json: sliding_window: null"),
+    ({"attn_logit_softcapping": "x"}, r"config\.json: attn_logit_softcapping: expected a number or null"),
+    ({"hidden_size": 32.5}, r"config\.json: hidden_size: expected an integer"),
+])
+def test_a_malformed_config_json_is_named_with_its_field(model, edit, match):
+    from raysae.lm import load_config
+
+    url = f"memory://lmtest/config-{len(str(edit))}-{abs(hash(str(edit)))}"
+    save_weights(url, model.params, CFG)
+    hf = json.loads(read_bytes(url + "/config.json"))
+    text = b"{not json" if edit is None else json.dumps({**hf, **edit}).encode()
+    write_bytes_atomic(url + "/config.json", text)
+    with pytest.raises((WeightsError, ConfigError), match=match):
+        load_config(url)
+    assert LMConfig.from_hf(hf) == CFG  # the untouched config still loads
 
 
 def test_byte_tokenizer():
@@ -298,7 +367,7 @@ def test_load_tokenizer_without_weights(model, tmp_path):
 
     assert isinstance(load_tokenizer("tiny"), ByteTokenizer)
     d = str(tmp_path / "ck")
-    save_checkpoint(d, model.params, CFG)
+    save_weights(d, model.params, CFG)
     assert load_tokenizer(d) is None
     t = Tokenizer(models.WordLevel({"<pad>": 0, "<eos>": 1, "<bos>": 2, "x": 3}, unk_token="x"))
     (tmp_path / "ck" / "tokenizer.json").write_text(t.to_str())

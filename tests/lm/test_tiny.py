@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import raysae.lm.source as lm_source
-from raysae.lm import ByteTokenizer, CheckpointError, Site, encode_batch, load_lm, loss_mask, site_activations, token_losses
+from raysae.lm import ByteTokenizer, WeightsError, Site, encode_batch, load_lm, loss_mask, site_activations, token_losses
 
 
 def test_tiny_loads_with_byte_tokenizer():
@@ -51,5 +51,21 @@ def test_tiny_checksum_mismatch_is_an_error(tmp_path, monkeypatch):
     data[-1] ^= 0xFF
     (d / "model.safetensors").write_bytes(bytes(data))
     monkeypatch.setattr(lm_source, "TINY_DIR", str(d))
-    with pytest.raises(CheckpointError, match="sha256"):
+    with pytest.raises(WeightsError, match="sha256"):
         load_lm("tiny")
+
+
+def test_model_names_for_saved_saes(tmp_path):
+    """SAELens / Neuronpedia know a model by its Hugging Face name, not by where it lies."""
+    import shutil as sh
+
+    from raysae.lm import ModelSource
+
+    d = tmp_path / "models" / "gemma-2-2b"
+    sh.copytree(lm_source.TINY_DIR, d)
+    assert ModelSource(str(d)).model_name() == "gemma-2-2b"
+    hf = json.loads((d / "config.json").read_text())
+    (d / "config.json").write_text(json.dumps({**hf, "_name_or_path": "google/gemma-2-2b-it"}))
+    assert ModelSource(str(d)).model_name() == "gemma-2-2b-it"
+    assert ModelSource("random:gemma-2-9b").model_name() == "gemma-2-9b"
+    assert ModelSource("tiny").model_name() == "tiny"

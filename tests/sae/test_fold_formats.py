@@ -10,8 +10,7 @@ import pytest
 
 from raysae import storage
 from raysae.sae import SAEParams, decode, encode, fold, forward, init_params, unfold
-from raysae.sae.formats import (SAEFormatError, load_npz, load_saelens, save_npz,
-                                save_saelens)
+from raysae.sae.formats import SAEFormatError, load_npz, save_npz
 
 
 def trained_like(d=16, M=40, seed=0, transcoder=False):
@@ -72,30 +71,6 @@ def test_npz_round_trip(tmp_path, base):
         np.testing.assert_array_equal(a, np.asarray(b))
 
 
-def test_saelens_round_trip(tmp_path):
-    p = trained_like()
-    save_saelens(p, str(tmp_path / "sl"), model_name="tiny", hook_name="blocks.1.hook_resid_post",
-                 hook_layer=1)
-    cfg = json.loads((tmp_path / "sl" / "cfg.json").read_text())
-    assert cfg["architecture"] == "jumprelu" and cfg["d_in"] == 16 and cfg["d_sae"] == 40
-    assert cfg["apply_b_dec_to_input"] is False and cfg["normalize_activations"] == "none"
-    q, _ = load_saelens(str(tmp_path / "sl"))
-    for a, b in zip(q, p):
-        np.testing.assert_array_equal(a, np.asarray(b))
-
-
-def test_saelens_with_b_dec_applied_to_input_is_folded_on_load(tmp_path):
-    p = trained_like()
-    save_saelens(p, str(tmp_path / "sl"))
-    cfg_path = tmp_path / "sl" / "cfg.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg["apply_b_dec_to_input"] = True
-    cfg_path.write_text(json.dumps(cfg))
-    q, _ = load_saelens(str(tmp_path / "sl"))
-    x = np.random.default_rng(3).standard_normal((8, 16)).astype(np.float32)
-    np.testing.assert_allclose(encode(q, x), encode(p, x, pre_encoder_bias=True), rtol=1e-5, atol=1e-5)
-
-
 def _write_npz(path, **arrays):
     with open(path, "wb") as f:
         np.savez(f, **arrays)
@@ -124,46 +99,3 @@ def test_malformed_npz_errors_name_file_and_key(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"not a zip")
     with pytest.raises(SAEFormatError, match=r"junk\.npz"):
         load_npz(str(tmp_path / "junk.npz"))
-
-
-def test_malformed_saelens_errors(tmp_path):
-    p = trained_like()
-    save_saelens(p, str(tmp_path / "sl"))
-    cfg_path = tmp_path / "sl" / "cfg.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg_path.write_text(json.dumps(dict(cfg, architecture="topk")))
-    with pytest.raises(SAEFormatError, match=r"cfg\.json.*'architecture'"):
-        load_saelens(str(tmp_path / "sl"))
-    cfg_path.write_text(json.dumps(dict(cfg, d_sae=99)))
-    with pytest.raises(SAEFormatError, match=r"cfg\.json.*'d_sae'"):
-        load_saelens(str(tmp_path / "sl"))
-
-
-def test_saelens_site_sets_transformer_lens_hook(tmp_path):
-    p = trained_like()
-    save_saelens(p, str(tmp_path / "res"), site="res:12")
-    cfg = json.loads((tmp_path / "res" / "cfg.json").read_text())
-    assert cfg["meta"]["hook_name"] == "blocks.12.hook_resid_post" and cfg["meta"]["hook_layer"] == 12
-    assert cfg["reshape_activations"] == "none"
-    save_saelens(p, str(tmp_path / "attn"), site="attn:3")
-    cfg = json.loads((tmp_path / "attn" / "cfg.json").read_text())
-    assert cfg["meta"]["hook_name"] == "blocks.3.attn.hook_z" and cfg["reshape_activations"] == "hook_z"
-    t = trained_like(transcoder=True)
-    save_saelens(t, str(tmp_path / "tc"), site="transcoder:5")
-    cfg = json.loads((tmp_path / "tc" / "cfg.json").read_text())
-    assert cfg["architecture"] == "jumprelu_transcoder" and cfg["d_out"] == 16
-    assert cfg["meta"]["hook_name"] == "blocks.5.ln2.hook_normalized"
-    assert cfg["hook_name_out"] == "blocks.5.hook_mlp_out" and cfg["apply_b_dec_to_input"] is False
-    q, _ = load_saelens(str(tmp_path / "tc"))
-    np.testing.assert_array_equal(q.b_enc, np.asarray(t.b_enc))  # no b_dec folding for transcoders
-    with pytest.raises(ValueError, match="site bogus:1: kind 'bogus'"):
-        save_saelens(p, str(tmp_path / "bad"), site="bogus:1")
-
-
-def test_saelens_with_runtime_normalisation_is_refused(tmp_path):
-    save_saelens(trained_like(), str(tmp_path / "sl"))
-    cfg_path = tmp_path / "sl" / "cfg.json"
-    cfg = json.loads(cfg_path.read_text())
-    cfg_path.write_text(json.dumps(dict(cfg, normalize_activations="layer_norm")))
-    with pytest.raises(SAEFormatError, match=r"cfg\.json.*'normalize_activations'.*'layer_norm'"):
-        load_saelens(str(tmp_path / "sl"))

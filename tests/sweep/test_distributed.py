@@ -28,6 +28,13 @@ def test_two_host_trial_through_jax_trainer(tmp_path):
     assert r.error is None, r.error
     m = r.metrics
     assert m["step"] == 40 and "eval/fvu" in m, sorted(m)
-    assert m.get("processes") == 2              # reported by the JaxTrainer workers via Tune
+    assert m.get("processes") == 2 and m.get("devices") == 2   # a mesh over both processes
     sae = formats.load_npz(m["sae_url"])
     assert sae.W_enc.shape == (32, 64)
+    # one checkpoint location, shared by the processes; Tune holds a pointer to it
+    from raysae import storage
+    from raysae.sweep.pointer import read_pointer
+    from raysae.train import latest_checkpoint
+
+    root = storage.join(result.sweep_url, "checkpoints", m["trial_id"])
+    assert read_pointer(r.checkpoint.path)[0] == latest_checkpoint(root)

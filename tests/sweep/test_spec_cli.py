@@ -119,7 +119,7 @@ def test_console_script_entry_point(sweep_yaml):
                        capture_output=True, text=True)
     assert p.returncode == 2
     assert p.stderr.strip().endswith("foo: unknown key (allowed: concurrency, data, eval, failure, "
-                                     "final_eval, model, name, resources, shared_stream, sites, "
+                                     "final_eval, model, model_name, name, resources, shared_stream, sites, "
                                      "sparsity, storage, stream, tokens, tokens_by_width, train, widths)")
     help_ = subprocess.run([sys.executable, "-m", "raysae.cli", "--help"], capture_output=True, text=True)
     assert "sweep" in help_.stdout and "cache" in help_.stdout and "eval" in help_.stdout
@@ -139,6 +139,7 @@ def test_help_lists_the_fields_set_accepts(capsys):
 def test_gemma_presets_parse(name):
     config = load_sweep(sweep_file(f"sweeps/{name}.yaml").replace("sweeps/sweeps", "sweeps"))
     assert config.model.startswith("gs://") and config.data.text is not None
+    assert config.data.cache.dtype == "float32"  # 32-bit everywhere, as the paper (§3.3.2)
     assert min(config.steps_for(w) * config.train.batch_size for w in config.widths) > 4_000_000_000 - config.train.batch_size
 
 

@@ -22,6 +22,7 @@ from raysae import storage
 from raysae.config import from_dict
 from raysae.evals import frontier
 from raysae.sae import formats
+from raysae.sae.saelens import load_saelens
 from raysae.sweep import SweepConfig
 from raysae.sweep.launch import run_sweep
 from raysae.sweep.pointer import read_pointer
@@ -98,10 +99,14 @@ def test_sweep_end_to_end(cluster, tmp_path):
     # saved SAEs load in both formats, folded (raw space) and of the trial's width
     for m in finals.values():
         npz = formats.load_npz(m["sae_url"])
-        lens, cfg = formats.load_saelens(storage.join(m["sae_url"], "saelens"))
+        lens, cfg = load_saelens(storage.join(m["sae_url"], "saelens"))
         assert npz.W_enc.shape == (32, m["config"]["width"])
         np.testing.assert_array_equal(npz.threshold, lens.threshold)
-        assert cfg["raysae"]["sparsity_coefficient"] == m["config"]["sparsity_coefficient"]
+        assert cfg["raysae"]["train"]["sparsity_coefficient"] == m["config"]["sparsity_coefficient"]
+    # ... and in the public Gemma Scope release's layout, by layer, width and rounded L0
+    from raysae.sae.release import list_release
+    release = list_release(storage.join(result.sweep_url, "release", "res"))
+    assert sorted((e.layer, e.width) for e in release) == [(1, "0k")] * 6
     # One checkpoint location: the loop's checkpoints on the sweep's storage; Tune holds a
     # pointer to the newest, and the newest holds the stream position the trial reached.
     for r in result.results:
@@ -110,7 +115,9 @@ def test_sweep_end_to_end(cluster, tmp_path):
         assert pointed == storage.join(result.sweep_url, "checkpoints", tid, "step-000000060")
         assert step == 60 and not os.path.exists(os.path.join(r.checkpoint.path, "state.npz"))
         ck = load_checkpoint(latest_checkpoint(storage.join(result.sweep_url, "checkpoints", tid)))
-        assert ck.step == 60 and ck.data_position >= 60 and ck.norm_scalar == pytest.approx(1.3)
+        assert ck.norm_scalar == pytest.approx(1.3)
+        # joined the live stream at some batch and trained on the 60 after it
+        assert ck.step == 60 and ck.data_position == r.metrics["stream/start"] + 60
     # TensorBoard event files per trial (Tune's TBX logger)
     trial_dirs = [d for d in os.listdir(result.sweep_url) if d.startswith("res_1-")]
     assert len(trial_dirs) == 6
@@ -120,7 +127,7 @@ def test_sweep_end_to_end(cluster, tmp_path):
 
 def test_killed_trial_restarts_from_its_checkpoint(cluster, tmp_path):
     config = from_dict(SweepConfig, spec(tmp_path, "kill", widths=[64], sparsity={"grid": [0.03]},
-                                         tokens=256 * 12000, shared_stream=False,
+                                         tokens=256 * 12000,
                                          train__checkpoint_every=100, train__log_every=50))
     sweep_dir = str(tmp_path / "runs" / "kill")
     killed = {}
@@ -155,6 +162,10 @@ def test_killed_trial_restarts_from_its_checkpoint(cluster, tmp_path):
     # trial, so the checkpoint it restored may be newer than the step the killer read).
     assert killed["step"] >= 200 and 100 <= m["restored_step"] < 12000
     assert m["restored_step"] % 100 == 0
+    # the restarted trial went on reading the shared stream where its checkpoint had left it
+    ck = load_checkpoint(latest_checkpoint(storage.join(result.sweep_url, "checkpoints",
+                                                        m["trial_id"])))
+    assert ck.step == 12000 and ck.data_position == m["stream/start"] - m["restored_step"] + 12000
     assert m["step"] == 12000 and "eval/fvu" in m
 
 

@@ -10,6 +10,7 @@ from raysae import storage
 from raysae.cli import main, sweep_file
 from raysae.evals import frontier
 from raysae.sae import formats
+from raysae.sae.saelens import load_saelens
 
 pytestmark = [pytest.mark.slow, pytest.mark.ray, pytest.mark.timeout(1200)]
 
@@ -64,7 +65,7 @@ def test_transcoder_sweep_end_to_end(tmp_path, capsys):
     assert row["status"] == "done" and row["site"] == "transcoder:1" and row["delta_loss"] > 0
     npz = formats.load_npz(row["sae_url"])
     assert npz.W_enc.shape == (128, 256) and npz.W_dec.shape == (256, 128)
-    lens, cfg = formats.load_saelens(storage.join(row["sae_url"], "saelens"))
+    lens, cfg = load_saelens(storage.join(row["sae_url"], "saelens"))
     assert cfg["architecture"] == "jumprelu_transcoder"
-    assert cfg["hook_name_out"] == "blocks.1.hook_mlp_out"
+    assert cfg["metadata"]["hook_name_out"] == "blocks.1.hook_mlp_out"
     assert storage.exists(storage.join(str(tmp_path / "tc"), "cache", "transcoder_1", "manifest.json"))

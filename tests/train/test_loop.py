@@ -87,6 +87,9 @@ def test_wrong_width_and_empty_data():
         train(CFG, [], norm_scalar=1.0)
     with pytest.raises(TrainingDataError, match="2-D"):
         train(CFG, [np.zeros(5, np.float32)], norm_scalar=1.0)
+    short = [np.zeros((32, D), np.float32), np.zeros((10, D), np.float32)]
+    with pytest.raises(TrainingDataError, match="batch 1: 10 rows but batch_size asks for 32"):
+        train(CFG, short, norm_scalar=1.0)
 
 
 def test_checkpoint_for_other_width_is_refused(tmp_path):
@@ -157,7 +160,35 @@ def test_the_loop_records_the_sources_position(tmp_path):
 
     url = str(tmp_path / "ckpt")
     cfg8 = TrainConfig(**{**CFG.__dict__, "steps": 8})
-    assert train(cfg8, Source(), norm_scalar=1.0, checkpoint_url=url).data_position == 108
+    starts = []
+    on_start = lambda step, position: starts.append((step, position))  # noqa: E731
+    assert train(cfg8, Source(), norm_scalar=1.0, checkpoint_url=url,
+                 on_start=on_start).data_position == 108
     assert load_checkpoint(latest_checkpoint(url)).data_position == 108
-    resumed = train(CFG, Source(), norm_scalar=1.0, checkpoint_url=url)
+    resumed = train(CFG, Source(), norm_scalar=1.0, checkpoint_url=url, on_start=on_start)
     assert opened == [None, 108] and resumed.data_position == 112
+    assert starts == [(0, 100), (8, 108)]
+
+
+def test_a_nan_batch_is_named_by_its_global_index():
+    class Late:  # a stream joined live at batch 100
+        def open(self, position):
+            start = 100 if position is None else position
+
+            class It:
+                def __init__(self):
+                    self.position = start
+
+                def __iter__(self):
+                    return self
+
+                def __next__(self):
+                    x = next(SD.batches(32, seed=5, start=self.position))
+                    if self.position == 103:
+                        x[0, 0] = np.nan
+                    self.position += 1
+                    return x
+            return It()
+
+    with pytest.raises(TrainingDataError, match=r"batch 103 \(step 3\)"):
+        train(CFG, Late(), norm_scalar=1.0)

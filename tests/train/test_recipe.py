@@ -23,6 +23,11 @@ def test_paper_defaults():
     assert (c.lr, c.lr_warmup_steps, c.lr_warmup_start) == (7e-5, 1000, 0.1)
     assert (c.sparsity_warmup_steps, c.batch_size, c.bandwidth, c.threshold_init) == (10_000, 4096, 0.001, 0.001)
     assert c.grad_clip_norm is None
+    # Steps default to the width's token budget (Gemma Scope Table 1), recorded as a value.
+    assert c.steps * c.batch_size == 4_000_000_000 - 4_000_000_000 % 4096
+    assert TrainConfig(width=65536).steps == 8_000_000_000 // 4096
+    assert TrainConfig(width=2**20, batch_size=2048).steps == 16_000_000_000 // 2048
+    assert TrainConfig(steps=7).steps == 7
 
 
 def test_schedules():
@@ -102,7 +107,7 @@ def test_config_errors_name_the_field():
     assert from_dict(TrainConfig, {"lr": "3e-4"}).lr == 3e-4
 
 
-def test_dead_fraction_counts_latents_idle_for_the_window():
+def test_dead_window_fraction_counts_latents_idle_for_the_window():
     # θ huge: nothing ever fires, so every latent is dead exactly once the window has passed.
     cfg = TrainConfig(width=8, steps=10, batch_size=16, lr=1e-9, lr_warmup_steps=0,
                       threshold_init=1e6, dead_window_steps=3)
@@ -112,7 +117,7 @@ def test_dead_fraction_counts_latents_idle_for_the_window():
     fractions = []
     for _ in range(4):
         state, m = step(state, x)
-        fractions.append(float(m.dead_fraction))
+        fractions.append(float(m.dead_window_fraction))
     assert fractions == [0.0, 0.0, 1.0, 1.0]  # after 3 updates without firing: dead
     # θ tiny and positive inputs: every latent fires every step, none is ever dead.
     cfg2 = TrainConfig(width=8, steps=10, batch_size=16, lr=1e-9, lr_warmup_steps=0,
@@ -122,4 +127,4 @@ def test_dead_fraction_counts_latents_idle_for_the_window():
     step2 = jit_train_step(cfg2)
     for _ in range(3):
         state, m = step2(state, x)
-    assert float(m.dead_fraction) == 0.0
+    assert float(m.dead_window_fraction) == 0.0
