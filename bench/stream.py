@@ -105,6 +105,8 @@ def main() -> None:
                     help="don't pre-fault the object store (ray.put then pays page faults)")
     ap.add_argument("--no-prefault", action="store_true",
                     help="brokers don't pre-fault their own view of the object store")
+    ap.add_argument("--no-check-blocks", action="store_true",
+                    help="don't check the shards' block checksums (on by default)")
     args = ap.parse_args()
     modes = args.modes.split(",")
     # Pre-faulting plasma memory at start-up (Ray's preallocate_plasma_memory) makes ray.put a
@@ -121,7 +123,7 @@ def main() -> None:
         window = MODES[mode]
         return StreamConfig(epochs=args.epochs, buffer_batches=args.buffer,
                             shuffle_window=4 * args.batch if window is None else window,
-                            num_brokers=args.brokers,
+                            num_brokers=args.brokers, check_blocks=not args.no_check_blocks,
                             prefault_object_store=not args.no_prefault, **kw)
 
     print(f"cache: {args.shards} shards x {args.rows} rows x d={args.d} float32 = "

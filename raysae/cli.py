@@ -62,28 +62,17 @@ def _add_sweep(subparsers) -> None:
     p.set_defaults(_run=run_sweep_command)
 
 
-def _user_errors() -> tuple[type[Exception], ...]:
-    """Errors that mean bad input (a field, a file, the data), printed as one line."""
-    from raysae.activations.cache import CacheError
-    from raysae.activations.sources import InputError
-    from raysae.config import ConfigError
-    from raysae.data.shards import ShardError
-    from raysae.train.checkpoint import CheckpointError
-
-    return ConfigError, CacheError, InputError, ShardError, CheckpointError
-
-
 def run_sweep_command(args: argparse.Namespace) -> int:
-    from raysae.config import ConfigError, load_config
+    from raysae import errors
+    from raysae.config import load_config
     from raysae.sweep.prepare import validate
     from raysae.sweep.spec import SweepConfig
 
     try:
         config = load_config(SweepConfig, sweep_file(args.file), overrides=args.overrides)
         validate(config)
-    except ConfigError as e:
-        print(f"raysae sweep: error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:  # noqa: BLE001 - errors.report re-raises what is a bug
+        return errors.report("raysae sweep", e)
     if args.check:
         steps = sorted({config.steps_for(w) for w in config.widths})
         each = f"{steps[0]} steps each" if len(steps) == 1 else \
@@ -98,17 +87,16 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         ray.init(address=args.address)
     try:
         result = run_sweep(config, resume=args.resume, verbose=args.verbose)
-    except _user_errors() as e:
-        print(f"raysae sweep: error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:  # noqa: BLE001 - errors.report re-raises what is a bug
+        return errors.report("raysae sweep", e)
     print()
     print(result.table)
     print(f"frontier: {result.plot_url}")
-    errors = [r for r in result.results if r.error is not None]
-    if errors:
-        print(f"{len(errors)} trial(s) failed; `raysae sweep {args.file} --resume` retries them",
+    failed = [r for r in result.results if r.error is not None]
+    if failed:
+        print(f"{len(failed)} trial(s) failed; `raysae sweep {args.file} --resume` retries them",
               file=sys.stderr)
-        return 1
+        return errors.TRIALS
     return 0
 
 
@@ -129,7 +117,16 @@ def build_parser() -> tuple[argparse.ArgumentParser, dict[str, str]]:
     return parser, unavailable
 
 
+def _quiet_storage_loggers() -> None:
+    """Storage clients log each retry with a traceback; the CLI reports failures in one line."""
+    import logging
+
+    for name in ("gcsfs", "google.auth", "google.auth._default", "s3fs", "aiobotocore"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
 def main(argv: list[str] | None = None) -> int:
+    _quiet_storage_loggers()
     parser, unavailable = build_parser()
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] in unavailable:

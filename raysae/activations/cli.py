@@ -13,7 +13,7 @@ import argparse
 import sys
 
 from raysae.activations.config import CacheConfig
-from raysae.config import ConfigError, load_config, set_help
+from raysae.config import load_config, set_help
 
 _FLAGS = {"input": "inputs", "output": "output", "site": "sites", "model": "model",
           "context_length": "context_length", "batch_size": "batch_size", "dtype": "dtype",
@@ -59,8 +59,8 @@ def cache_config(args: argparse.Namespace) -> CacheConfig:
 
 def run(args: argparse.Namespace) -> int:
     """Run the job; print one line per site and the summary. Returns the exit code."""
-    from raysae.activations.cache import CacheError, build_cache
-    from raysae.activations.sources import InputError
+    from raysae import errors
+    from raysae.activations.cache import build_cache
 
     try:
         config = cache_config(args)
@@ -69,9 +69,8 @@ def run(args: argparse.Namespace) -> int:
 
             ray.init(address=args.address)
         summary = build_cache(config, overwrite=args.overwrite)
-    except (ConfigError, CacheError, InputError) as e:
-        print(f"raysae cache: error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:  # noqa: BLE001 - errors.report re-raises what is a bug
+        return errors.report("raysae cache", e)
     for key, url in summary.manifests.items():
         print(f"{key}\t{url}{'  (reused)' if key in summary.reused else ''}")
     if not config.progress:

@@ -33,6 +33,8 @@ class StreamConfig:
     num_brokers: int = 1              # brokers, each owning a contiguous slice of shards
     # --- reading -----------------------------------------------------------------------
     reader: Literal["memmap", "ray_data"] = "memmap"  # brokers: memmap, or Ray Data read tasks
+    check_blocks: bool = True         # check each block's crc32 (manifest) before its rows are
+                                      # used, ahead of use in a background thread
     verify: bool = False              # sha256 every shard on load (reads it all into memory)
     ray_data_prefetch_shards: int = 64  # ray_data reader: shards per dataset (read ahead)
     # --- brokers and consumers -----------------------------------------------------------

@@ -53,6 +53,10 @@ class LocalStream:
         b, j = self.plan.locate(g)
         return to_float32(self.reader(b).rows(j), self.manifest)
 
+    def describe(self, g: int) -> str:
+        """Where batch `g`'s rows are stored (the shard and rows), for error messages."""
+        return f"{self.url}: {self.plan.describe(g)}"
+
     @property
     def stats(self) -> ReadStats:
         total = ReadStats()

@@ -148,6 +148,18 @@ class BatchPlan:
         n = min(W, self.slice_rows[broker] - window * W)
         return np.random.default_rng([self.config.seed, 2, broker, epoch, window]).permutation(n)
 
+    def describe(self, g: int) -> str:
+        """Where global batch `g`'s rows are stored, for error messages."""
+        b, j = self.locate(g)
+        parts = []
+        for gather in self.batch_rows(b, j):
+            name = self.manifest.shards[gather.shard].name
+            lo, hi = int(gather.rows.min()), int(gather.rows.max())
+            contiguous = hi - lo + 1 == len(gather.rows)
+            parts.append(f"{name} rows {lo}..{hi}" if contiguous else
+                         f"{len(gather.rows)} rows of {name} within {lo}..{hi}")
+        return ", ".join(parts)
+
     def batch_rows(self, broker: int, j: int) -> list[Gather]:
         """Where the rows of local batch `j` of `broker` come from, grouped by shard."""
         if not self.has(broker, j):

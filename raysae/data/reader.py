@@ -18,6 +18,7 @@ import dataclasses
 import numpy as np
 
 from raysae import storage
+from raysae.data.checks import BlockChecker
 from raysae.data.plan import BatchPlan
 from raysae.data.shards import Manifest, decode_rows, read_shard, storage_dtype
 
@@ -94,6 +95,7 @@ class SliceReader:
         self.source = source
         self.stats = source.stats
         self.stored = storage_dtype(manifest.dtype)
+        self.checker = BlockChecker(url, manifest) if plan.config.check_blocks else None
 
     def _upcoming(self, epoch: int, shard: int) -> list[int]:
         """Shards after `shard` in read order (rest of this epoch, then the next)."""
@@ -104,9 +106,15 @@ class SliceReader:
         return rest
 
     def _shard(self, shard: int, epoch: int) -> np.ndarray:
-        arr = self.source.get(shard, self._upcoming(epoch, shard)
-                              if self.source.wants_upcoming else [])
-        return np.asarray(arr).view(self.stored)  # plain ndarray, as stored (bf16: uint16)
+        upcoming = self._upcoming(epoch, shard) if (self.source.wants_upcoming or self.checker) else []
+        arr = np.asarray(self.source.get(shard, upcoming if self.source.wants_upcoming else []))
+        arr = arr.view(self.stored)  # plain ndarray, as stored (bf16: uint16)
+        if self.checker is not None:
+            self.checker.ahead(shard, arr)
+            if upcoming and getattr(self.source, "mapped", False):  # check the next one too
+                nxt = upcoming[0]
+                self.checker.ahead(nxt, np.asarray(self.source.get(nxt, [])).view(self.stored))
+        return arr
 
     def rows(self, j: int) -> np.ndarray:
         """Local batch `j` as stored: [rows, width] float32, or bf16 bit patterns (uint16);
@@ -117,11 +125,14 @@ class SliceReader:
         contiguous = self.plan.contiguous
         if contiguous and len(gathers) == 1:  # the fast path: a view of the shard
             g = gathers[0]
-            out = self._shard(g.shard, epoch)[g.rows[0]:g.rows[0] + n]
+            arr = self._shard(g.shard, epoch)
+            self._checked(g, arr)
+            out = arr[g.rows[0]:g.rows[0] + n]
         else:
             out = np.empty((n, self.manifest.width), dtype=self.stored)
             for g in gathers:
                 arr = self._shard(g.shard, epoch)
+                self._checked(g, arr)
                 if contiguous:  # straddles shards: one slice copy per shard
                     out[g.out[0]:g.out[0] + len(g.rows)] = arr[g.rows[0]:g.rows[0] + len(g.rows)]
                 elif len(gathers) == 1:  # window shuffle, one shard: gather in place
@@ -134,6 +145,11 @@ class SliceReader:
         self.stats.rows_read += n
         self.stats.batches += 1
         return out
+
+    def _checked(self, gather, arr: np.ndarray) -> None:
+        """Hold the batch until the blocks its rows come from match the manifest."""
+        if self.checker is not None:
+            self.checker.wait(gather.shard, arr, int(gather.rows.min()), int(gather.rows.max()) + 1)
 
     def close(self) -> None:
         close = getattr(self.source, "close", None)

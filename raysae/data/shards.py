@@ -23,6 +23,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import zlib
 from typing import Any
 
 import ml_dtypes
@@ -44,12 +45,28 @@ def shard_name(index: int) -> str:
     return f"shard-{index:05d}.npy"
 
 
+BLOCK_BYTES = 4 << 20  # rows are checksummed in blocks of about this many bytes
+
+
 @dataclasses.dataclass
 class ShardInfo:
     name: str
     rows: int
     bytes: int
-    sha256: str
+    sha256: str                                            # of the whole file
+    block_rows: int = 0                                    # rows per checksummed block
+    crc32: list[int] = dataclasses.field(default_factory=list)  # of each block's raw rows
+
+
+def block_rows_for(row_bytes: int) -> int:
+    """Rows per checksummed block for rows of `row_bytes` bytes."""
+    return max(1, BLOCK_BYTES // max(1, row_bytes))
+
+
+def block_checksums(stored: np.ndarray, block_rows: int) -> list[int]:
+    """crc32 of each block of `block_rows` rows of a C-contiguous array as stored."""
+    raw = np.ascontiguousarray(stored)
+    return [zlib.crc32(raw[i:i + block_rows].view(np.uint8)) for i in range(0, len(raw), block_rows)]
 
 
 @dataclasses.dataclass
@@ -152,7 +169,7 @@ def write_shard(url: str, index: int, rows: np.ndarray, dtype: str = "float32") 
         rows: [n, width] raw activations.
         dtype: the storage dtype ("float32" or "bfloat16").
     Returns:
-        Its `ShardInfo` (rows, bytes, sha256) for the manifest.
+        Its `ShardInfo` (rows, bytes, sha256, per-block crc32) for the manifest.
     """
     stored = encode_rows(np.asarray(rows), dtype)
     if stored.ndim != 2:
@@ -162,8 +179,10 @@ def write_shard(url: str, index: int, rows: np.ndarray, dtype: str = "float32") 
     data = buf.getvalue()
     name = shard_name(index)
     storage.write_bytes_atomic(storage.join(url, name), data)
+    block = block_rows_for(stored.shape[1] * stored.itemsize)
     return ShardInfo(name=name, rows=int(stored.shape[0]), bytes=len(data),
-                     sha256=hashlib.sha256(data).hexdigest())
+                     sha256=hashlib.sha256(data).hexdigest(), block_rows=block,
+                     crc32=block_checksums(stored, block))
 
 
 def _check_array(arr: np.ndarray, manifest: Manifest, info: ShardInfo, where: str) -> None:

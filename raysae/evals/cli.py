@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 
-from raysae.config import ConfigError, load_config, set_help
+from raysae.config import load_config, set_help
 from raysae.evals.config import EvalConfig
 from raysae.lm.source import TINY
 
@@ -76,9 +76,9 @@ def run(args) -> int:
     from raysae.evals.inputs import iter_texts, load_sae, read_tokens
     from raysae.evals.report import write_report
     from raysae.lm.api import load_lm
-    from raysae.lm.weights import WeightsError
-    from raysae.sae.formats import SAEFormatError
     from raysae.sites import SAESite
+
+    from raysae import errors
 
     try:
         config = eval_config(args)
@@ -88,9 +88,11 @@ def run(args) -> int:
         check_inputs(sae, model.config, site, model_name=model.name)
         source = {"texts": iter_texts(args.text)} if args.text else {"tokens": read_tokens(args.tokens)}
         report = evaluate(sae, model, args.site, config=config, sae_name=args.sae, **source)
-    except (ConfigError, SAEFormatError, WeightsError, FileNotFoundError, ValueError) as e:
-        print(f"raysae eval: error: {e}", file=sys.stderr)
-        return 2
+    except (FileNotFoundError, ValueError) as e:
+        if errors.exit_code(e) is not None:
+            return errors.report("raysae eval", e)
+        print(f"raysae eval: error: {' '.join(str(e).split())}", file=sys.stderr)
+        return errors.DATA  # an input the eval reads (texts, tokens) is unusable
     if args.out:
         for url in write_report(report, args.out, plots=not args.no_plots):
             print(f"wrote {url}", file=sys.stderr)

@@ -74,7 +74,7 @@ def tokens_from_texts(tokenizer, texts: Iterable[str], context_length: int, num_
     """
     if tokenizer is None:
         raise ValueError("the model has no tokenizer: pass token arrays instead of texts")
-    bos, eos, pad = tokenizer.bos_id, tokenizer.eos_id, tokenizer.pad_id
+    bos, pad = tokenizer.bos_id, tokenizer.pad_id
     if pack:
         parts, total = [], 0
         need = num_sequences * (context_length - 1)

@@ -11,7 +11,7 @@ directory, each file atomically (a reader never sees a torn file).
 Pure numpy + matplotlib, no Ray: the sweep's Tune callback (raysae/sweep/callbacks.py)
 calls `write_frontier` after every result, and a notebook can call it on any rows.
 
-A row is a dict with at least ``trial_id``, ``site``, ``width``, ``l0`` and one of
+A row is a dict with at least ``trial`` (its key), ``site``, ``width``, ``l0`` and one of
 ``delta_loss`` / ``fvu`` (missing or NaN: the row takes no part on that axis).
 """
 
@@ -25,12 +25,22 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from raysae import metrics as names
 from raysae import storage
 
-AXES = ("delta_loss", "fvu")          # the fidelity axes, each against l0
-COLUMNS = ("trial_id", "site", "width", "sparsity_coefficient", "status", "step", "l0",
-           "fvu", "delta_loss", "mse", "frontier_delta_loss", "frontier_fvu", "sae_url")
+AXES = (names.DELTA_LOSS, names.FVU)   # the fidelity axes, each against l0
+COLUMNS = ("trial", "site", "width", "sparsity_coefficient", "status", "step", names.L0,
+           names.FVU, names.DELTA_LOSS, names.MSE, "frontier_delta_loss", "frontier_fvu",
+           names.SAE_URL)
 CSV_NAME, JSON_NAME, PNG_NAME = "frontier.csv", "frontier.json", "frontier.png"
+
+
+def make_row(**fields: Any) -> dict:
+    """A frontier row; its keys must be `COLUMNS` (the frontier flags are computed later)."""
+    unknown = set(fields) - set(COLUMNS)
+    if unknown:
+        raise ValueError(f"frontier row: unknown fields {sorted(unknown)} (columns: {COLUMNS})")
+    return fields
 
 
 def _finite(v: Any) -> bool:
@@ -79,7 +89,7 @@ def frontier_rows(rows: Iterable[dict]) -> list[dict]:
             for i, m in zip(members, mask):
                 out[i][f"frontier_{axis}"] = bool(m)
     out.sort(key=lambda r: (str(r.get("site")), int(r.get("width", 0)),
-                            float(r.get("sparsity_coefficient") or 0.0), str(r.get("trial_id"))))
+                            float(r.get("sparsity_coefficient") or 0.0), str(r.get("trial"))))
     return out
 
 

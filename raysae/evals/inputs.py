@@ -52,16 +52,22 @@ def iter_texts(urls: Iterable[str]) -> Iterator[str]:
     """Documents from each URL in turn (read lazily: the eval stops once it has enough)."""
     for url in urls:
         for path in _expand(url):
-            with fsspec.open(path, "rt", encoding="utf-8", errors="replace") as f:
-                if path.endswith(".jsonl"):
-                    for i, line in enumerate(f):
-                        if line.strip():
-                            try:
-                                yield json.loads(line)["text"]
-                            except (json.JSONDecodeError, KeyError, TypeError):
-                                raise ValueError(f"{path}:{i + 1}: expected a JSON object with a 'text' field")
-                else:
-                    yield f.read()
+            with fsspec.open(path, "rb") as fb:
+                raw = fb.read()
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}: not UTF-8 text (byte {e.start}: {raw[e.start:e.start + 4]!r})"
+                                 " — binary data?") from None
+            if not path.endswith(".jsonl"):
+                yield text
+                continue
+            for i, line in enumerate(text.splitlines()):
+                if line.strip():
+                    try:
+                        yield json.loads(line)["text"]
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        raise ValueError(f"{path}:{i + 1}: expected a JSON object with a 'text' field")
 
 
 def read_tokens(url: str) -> np.ndarray:

@@ -107,6 +107,12 @@ def evaluate(sae: SAEParams, model: LanguageModel, site, *, texts: Iterable[str]
     check_inputs(sae, model.config, site, everything.tokens, model_name=model.name)
     data = EvalTokens(everything.tokens[:config.num_sequences],
                       everything.attention_mask[:config.num_sequences])
+    c = model.config
+    counted = (data.attention_mask & (data.tokens != c.bos_id) & (data.tokens != c.eos_id)
+               & (data.tokens != c.pad_id))
+    if not counted.any():
+        raise ValueError(f"the eval set ({data.num_sequences} rows) has no token the SAE would "
+                         "read (only BOS / EOS / padding): give more text")
     extra = EvalTokens(everything.tokens[config.num_sequences:],
                        everything.attention_mask[config.num_sequences:])
     sae = SAEParams(*(jnp.asarray(a, jnp.float32) for a in sae))

@@ -23,7 +23,10 @@ class ReleaseEntry(NamedTuple):
 
 
 def width_name(width: int) -> str:
-    """Gemma Scope's short form of a width: 16384 -> "16k", 65536 -> "65k", 1048576 -> "1m"."""
+    """Gemma Scope's short form of a width: 16384 -> "16k", 65536 -> "65k", 1048576 -> "1m"
+    (widths below 1,000, which the release has none of, as they are: "64")."""
+    if width < 1000:
+        return str(width)
     return f"{width // 10**6}m" if width >= 10**6 else f"{width // 1000}k"
 
 
@@ -46,7 +49,7 @@ def list_release(root: str) -> list[ReleaseEntry]:
         if not m:
             continue
         for width_dir in storage.listdir(storage.join(root, layer_dir)):
-            w = re.fullmatch(r"width_(\d+[km])", width_dir)
+            w = re.fullmatch(r"width_(\d+[km]?)", width_dir)
             if not w:
                 continue
             for l0_dir in storage.listdir(storage.join(root, layer_dir, width_dir)):
@@ -54,7 +57,8 @@ def list_release(root: str) -> list[ReleaseEntry]:
                 url = storage.join(root, layer_dir, width_dir, l0_dir, NPZ_NAME)
                 if k and storage.exists(url):
                     out.append(ReleaseEntry(int(m.group(1)), w.group(1), int(k.group(1)), url))
-    return sorted(out, key=lambda e: (e.layer, int(e.width[:-1]) * (10**6 if e.width[-1] == "m" else 1000),
+    scale = {"k": 1000, "m": 10**6}
+    return sorted(out, key=lambda e: (e.layer, int(e.width.rstrip("km")) * scale.get(e.width[-1], 1),
                                       e.average_l0))
 
 

@@ -86,6 +86,7 @@ class Broker:
         self.joined: set[str] = set()  # every consumer ever seen (for expect_consumers)
         self.born = time.monotonic()
         self.prefaulted = 0  # bytes of the object store pre-faulted in this process
+        self.first_batch: int | None = None
         self.times = {"wait_s": 0.0, "build_s": 0.0, "put_s": 0.0}  # producer time split
         self.thread = threading.Thread(target=self._produce, daemon=True, name="producer")
         self.thread.start()
@@ -148,6 +149,8 @@ class Broker:
                     if self.hi != j:  # a seek moved us meanwhile
                         continue
                     self.ring[j] = ref
+                    if self.first_batch is None:
+                        self.first_batch = j
                     self.hi = j + 1
                     for k in [k for k in self.ring if k < self.hi - self.K]:
                         del self.ring[k]
@@ -221,7 +224,8 @@ class Broker:
                 bytes_read=r.bytes_read, rows_read=r.rows_read, batches_built=r.batches,
                 prefaulted_bytes=self.prefaulted, wait_s=self.times["wait_s"],
                 build_s=self.times["build_s"], put_s=self.times["put_s"],
-                error=repr(self.error) if self.error else None)
+                error=repr(self.error) if self.error else None, first_batch=self.first_batch,
+                expect_consumers=self.config.expect_consumers)
 
     def pid(self) -> int:
         import os

@@ -83,6 +83,10 @@ class BatchStream:
             self.delivered += 1
             return to_float32(arr, self.manifest)
 
+    def describe(self, g: int) -> str:
+        """Where batch `g`'s rows are stored (the shard and rows), for error messages."""
+        return f"{self.handle.manifest_url}: {self.plan.describe(g)}"
+
     @property
     def looped_bytes(self) -> int:
         return sum(r.stats.bytes_read for r in self._readers.values())

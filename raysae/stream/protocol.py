@@ -37,3 +37,5 @@ class BrokerStats(NamedTuple):
     build_s: float                 #   building batches (beyond the read-ahead)
     put_s: float                   #   ray.put
     error: str | None
+    first_batch: int | None = None   # the first local batch the producer put
+    expect_consumers: int = 0        # consumers it holds its first ring for

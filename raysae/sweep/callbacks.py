@@ -17,11 +17,12 @@ from ray import tune
 
 from raysae import metrics as names
 from raysae.evals import frontier
+from raysae.sweep.trainable import trial_key
 
 log = logging.getLogger(__name__)
 
 
-def row_from_result(trial_id: str, config: dict, result: dict, done: bool) -> dict:
+def row_from_result(key: str, config: dict, result: dict, done: bool) -> dict:
     """One frontier row from a trial's config and (latest) result."""
     def pick(*keys):
         for k in keys:
@@ -31,15 +32,14 @@ def row_from_result(trial_id: str, config: dict, result: dict, done: bool) -> di
         return None
 
     final = names.EVAL_L0 in result
-    return {
-        "trial_id": trial_id, "site": config.get("site"), "width": int(config.get("width", 0)),
-        "sparsity_coefficient": float(config.get("sparsity_coefficient", 0.0)),
-        "status": "done" if (done and final) else ("evaluated" if final else "running"),
-        "step": int(result.get(names.STEP, 0) or 0),
-        "l0": pick(names.EVAL_L0, names.L0), "fvu": pick(names.EVAL_FVU, names.FVU),
-        "delta_loss": pick(names.EVAL_DELTA_LOSS), "mse": pick(names.EVAL_MSE),
-        "sae_url": result.get(names.SAE_URL),
-    }
+    return frontier.make_row(
+        trial=key, site=config.get("site"), width=int(config.get("width", 0)),
+        sparsity_coefficient=float(config.get("sparsity_coefficient", 0.0)),
+        status="done" if (done and final) else ("evaluated" if final else "running"),
+        step=int(result.get(names.STEP, 0) or 0),
+        l0=pick(names.EVAL_L0, names.L0), fvu=pick(names.EVAL_FVU, names.FVU),
+        delta_loss=pick(names.EVAL_DELTA_LOSS), mse=pick(names.EVAL_MSE),
+        sae_url=result.get(names.SAE_URL))
 
 
 class FrontierCallback(tune.Callback):
@@ -48,10 +48,11 @@ class FrontierCallback(tune.Callback):
     Args:
         sweep_url: the sweep's directory (any fsspec URL).
         png_every_s: the least time between PNG redraws while trials run.
+        searched: a user's searcher proposes the points (trials key on Tune's ids too).
     """
 
-    def __init__(self, sweep_url: str, png_every_s: float = 30.0):
-        self.sweep_url = sweep_url
+    def __init__(self, sweep_url: str, png_every_s: float = 30.0, searched: bool = False):
+        self.sweep_url, self.searched = sweep_url, searched
         self.png_every_s = png_every_s
         self.rows: dict[str, dict] = {}
         self._last_png = 0.0
@@ -59,7 +60,7 @@ class FrontierCallback(tune.Callback):
     def setup(self, **info) -> None:
         # Rebuild from disk: a restarted driver continues with every row already written.
         for r in frontier.read_frontier(self.sweep_url):
-            self.rows.setdefault(str(r["trial_id"]), r)
+            self.rows.setdefault(str(r.get("trial")), r)
 
     def _write(self, png: bool) -> None:
         try:
@@ -69,17 +70,22 @@ class FrontierCallback(tune.Callback):
         except Exception:  # never let a plotting/storage hiccup kill the sweep
             log.exception("could not write the frontier under %s", self.sweep_url)
 
+    def _key(self, trial) -> str:
+        return trial_key(trial.config, trial.trial_id if self.searched else None)
+
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        self.rows[trial.trial_id] = row_from_result(trial.trial_id, trial.config, result, False)
+        key = self._key(trial)
+        self.rows[key] = row_from_result(key, trial.config, result, False)
         self._write(png=time.monotonic() - self._last_png >= self.png_every_s)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         result = trial.last_result or {}
-        self.rows[trial.trial_id] = row_from_result(trial.trial_id, trial.config, result, True)
+        key = self._key(trial)
+        self.rows[key] = row_from_result(key, trial.config, result, True)
         self._write(png=True)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
-        row = self.rows.get(trial.trial_id)
+        row = self.rows.get(self._key(trial))
         if row is not None:
             row["status"] = "error"
             self._write(png=False)

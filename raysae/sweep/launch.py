@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import ray
 import yaml
 from ray import tune
+from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from raysae import storage
 from raysae.config import ConfigError, to_dict
@@ -31,11 +32,16 @@ log = logging.getLogger(__name__)
 CONFIG_NAME = "sweep.yaml"
 
 
+class SweepError(RuntimeError):
+    """Tune could not run or record the sweep; the message says what is kept and what to do."""
+
+
 @dataclasses.dataclass
 class SweepResult:
     sweep_url: str
     results: Any                     # ray.tune.ResultGrid
     frontier: list[dict]             # every trial's row, frontier flags set
+    stream_stats: dict = dataclasses.field(default_factory=dict)  # stream -> [BrokerStats]
 
     @property
     def table(self) -> str:
@@ -79,8 +85,9 @@ def num_samples(config: SweepConfig, searcher: bool) -> int:
     return config.num_trials()
 
 
-def _trainable(config: SweepConfig, manifests: dict[str, str]):
-    fn = tune.with_parameters(train_sae, sweep=to_dict(config), manifests=manifests)
+def _trainable(config: SweepConfig, manifests: dict[str, str], searched: bool):
+    fn = tune.with_parameters(train_sae, sweep=to_dict(config), manifests=manifests,
+                              searched=searched)
     r = config.resources
     if r.multi_process:  # the trial only drives a JaxTrainer job; its workers hold the devices
         return tune.with_resources(fn, {"cpu": 1})
@@ -133,7 +140,10 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, param_space_extra: d
 
     Args:
         config: the sweep.
-        resume: finish an interrupted sweep (`Tuner.restore`); finished trials are kept.
+        resume: finish an interrupted sweep from raysae's own state on storage: finished
+            trials report their saved results, the others continue from their checkpoints;
+            Tune's state files are not read (they may be torn, and unpickling them runs
+            code), except with a `search_alg`, whose searcher state only Tune has.
         param_space_extra: Tune search-space entries merged over the sweep's axes.
         search_alg, scheduler: a Tune searcher / scheduler.
         callbacks: more Tune callbacks.
@@ -141,7 +151,8 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, param_space_extra: d
     Returns:
         A `SweepResult` (the Tune ResultGrid and the frontier rows).
     Raises:
-        ConfigError for a bad sweep, before any trial starts.
+        ConfigError for a bad sweep, before any trial starts; SweepError when Tune cannot
+        run or record the sweep (e.g. its storage is full): finish it with `resume`.
     """
     config = config.resolved()  # trials run in their own directories: no relative paths
     validate(config)  # before any Ray work: a bad file fails in one line
@@ -164,22 +175,26 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, param_space_extra: d
     storage.write_bytes_atomic(storage.join(sweep_url, CONFIG_NAME),
                                yaml.safe_dump(to_dict(config), sort_keys=False).encode())
     brokers = _start_brokers(config, manifests, resume) if config.shared_stream else []
-    trainable = _trainable(config, manifests)
+    trainable = _trainable(config, manifests, search_alg is not None)
     try:
-        if resume and tune.Tuner.can_restore(exp_path, storage_filesystem=storage_fs):
+        if resume and search_alg is not None and tune.Tuner.can_restore(
+                exp_path, storage_filesystem=storage_fs):
+            # Only Tune knows a searcher's state: this reads (unpickles) Tune's files.
             tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True,
                                        resume_errored=True, storage_filesystem=storage_fs)
         else:
-            if resume:
-                log.warning("--resume: Tune has no state at %s yet; starting the trials", exp_path)
             searcher = search_alg is not None
+            # The same points on every run (sampled λ included): a resumed sweep finds each
+            # trial's results and checkpoints by its key.
+            search = search_alg or BasicVariantGenerator(random_state=config.sparsity.seed,
+                                                         max_concurrent=config.concurrency)
             tuner = tune.Tuner(
                 trainable,
                 param_space=param_space(config, param_space_extra, searcher),
                 tune_config=tune.TuneConfig(
-                    search_alg=search_alg, scheduler=scheduler,
+                    search_alg=search, scheduler=scheduler,
                     num_samples=num_samples(config, searcher),
-                    max_concurrent_trials=config.concurrency or None,
+                    max_concurrent_trials=(config.concurrency or None) if searcher else None,
                     trial_name_creator=lambda t: trial_name(t.config),
                     trial_dirname_creator=lambda t: f"{trial_name(t.config)}-{t.trial_id}"),
                 run_config=tune.RunConfig(
@@ -188,13 +203,26 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, param_space_extra: d
                                                       fail_fast=config.failure.fail_fast),
                     checkpoint_config=tune.CheckpointConfig(
                         num_to_keep=config.train.keep_checkpoints),
-                    callbacks=[FrontierCallback(sweep_url), *callbacks],
+                    callbacks=[FrontierCallback(sweep_url, searched=search_alg is not None),
+                               *callbacks],
                     verbose=verbose))
-        results = tuner.fit()
+        try:
+            results = tuner.fit()
+        except (KeyboardInterrupt, ConfigError):
+            raise
+        except Exception as e:  # Tune itself failed (its storage full, say): say what to do
+            raise SweepError(f"{sweep_url}: Tune could not run or record the sweep "
+                             f"({type(e).__name__}: {e}); finished trials and checkpoints are "
+                             "kept on storage: fix the cause and rerun with --resume") from e
     finally:
         from raysae.stream import stop_brokers
 
+        stats = {}
         for b in brokers:
+            try:  # the brokers' own counters, for the record (and the tests)
+                stats[b.name] = ray.get([a.stats.remote() for a in b.actors], timeout=30)
+            except ray.exceptions.RayError:
+                pass
             stop_brokers(b)
     rows = frontier_lib.read_frontier(sweep_url)
-    return SweepResult(sweep_url=sweep_url, results=results, frontier=rows)
+    return SweepResult(sweep_url=sweep_url, results=results, frontier=rows, stream_stats=stats)

@@ -9,6 +9,8 @@ whose manifest matches the job is reused, so a second sweep or `--resume` costs 
 
 from __future__ import annotations
 
+import uuid
+
 from raysae import storage
 from raysae.activations.config import CacheConfig
 from raysae.config import ConfigError
@@ -37,6 +39,29 @@ def cache_config(config: SweepConfig) -> CacheConfig:
                              model=config.model)
 
 
+MAX_STATE_BYTES = 64 * 2**40  # an SAE's params + Adam state beyond this fits no TPU pod
+
+
+def _check_widths(config: SweepConfig, d_in: int, d_out: int) -> None:
+    for i, w in enumerate(config.widths):
+        state = 3 * 4 * (w * (d_in + d_out) + 2 * w + d_out)  # fp32 params, Adam mu and nu
+        if state > MAX_STATE_BYTES:
+            raise ConfigError(f"widths[{i}]: {w} latents at d={d_in} need {state / 2**40:,.0f} TiB "
+                              f"of parameters and optimiser state (more than "
+                              f"{MAX_STATE_BYTES // 2**40} TiB)")
+
+
+def check_writable(url: str, field: str) -> None:
+    """ConfigError naming `field` unless a probe file can be written and removed under `url`."""
+    probe = storage.join(url, f".raysae-probe-{uuid.uuid4().hex[:8]}")
+    try:
+        storage.write_bytes_atomic(probe, b"")
+        storage.remove(probe)
+    except Exception as e:  # noqa: BLE001 - any backend's failure (DNS, auth, quota) is the answer
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise ConfigError(f"{field}: {url} is not writable ({type(e).__name__}: {first})") from None
+
+
 def validate(config: SweepConfig) -> None:
     """Checks that need storage or the model; raises ConfigError naming the field."""
     # Trials and Ray Data tasks run in other processes, which cannot see a process-local
@@ -46,6 +71,9 @@ def validate(config: SweepConfig) -> None:
         if url is not None and url.startswith("memory://"):
             raise ConfigError(f"{field}: {url} is process-local (memory://); trials run in other "
                               "processes: use a local path or shared storage (gs://, s3://)")
+    check_writable(config.sweep_url, "storage")
+    if config.data.text is not None:
+        check_writable(cache_root(config), "data.cache_url")
     source = ModelSource(config.model)
     needs_lm = config.data.text is not None or config.final_eval.text is not None
     lm = source.config(config.data.cache.model_layers) if (needs_lm or source.is_tiny) else None
@@ -53,6 +81,8 @@ def validate(config: SweepConfig) -> None:
         if lm is not None and not 0 <= site.layer < lm.n_layers:
             raise ConfigError(f"sites[{i}]: {site} is outside model {config.model!r}'s layers "
                               f"0..{lm.n_layers - 1}")
+        if lm is not None:
+            _check_widths(config, lm.site_dim(site.input.kind), lm.site_dim(site.target.kind))
     if config.resources.multi_process and config.stream.lag_policy == "skip":
         raise ConfigError("stream.lag_policy: 'skip' would let the processes of a multi-host "
                           "trial skip differently and train on different batches; use 'loop'")
@@ -74,6 +104,7 @@ def validate(config: SweepConfig) -> None:
             m = Manifest.load(url)
         except ShardError as e:
             raise ConfigError(f"data.manifest: {e}") from None
+        _check_widths(config, m.d, m.d)
         if m.sae_site != site:
             raise ConfigError(f"data.manifest: the cache at {url} is for site {m.sae_site}, "
                               f"not {site}")

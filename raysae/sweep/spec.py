@@ -33,12 +33,14 @@ class SparsitySpec:
     low: float | None = None
     high: float | None = None
     num_samples: int = 1              # trials drawn per (site, width) from the distribution
+    seed: int = 0                     # draws the same λ values on every run (and on --resume)
 
     def __post_init__(self):
         check(bool(self.grid) != (self.distribution is not None), "sparsity",
               "give either grid: [λ, ...] or distribution: loguniform|uniform (with low, high)")
         for i, v in enumerate(self.grid):
             check(v >= 0 and math.isfinite(v), f"sparsity.grid[{i}]", f"λ must be >= 0, got {v}")
+            check(v not in self.grid[:i], f"sparsity.grid[{i}]", f"{v} is listed twice")
         if self.distribution is not None:
             check(self.low is not None and self.high is not None, "sparsity.low",
                   "a distribution needs low and high")

@@ -13,6 +13,7 @@ restart) reports it again.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -41,13 +42,39 @@ def trial_name(params: dict) -> str:
             f"-l{float(params['sparsity_coefficient']):.4g}")
 
 
-def sae_url(config: SweepConfig, params: dict, trial_id: str) -> str:
-    return storage.join(config.sweep_url, "saes", SAESite.parse(params["site"]).slug,
-                        f"{trial_name(params).split('-', 1)[1]}-{trial_id}")
+def trial_key(params: dict, tune_id: str | None = None) -> str:
+    """A trial's stable name, the same on every run of the sweep: its results and checkpoints
+    are found by it after a restart, whatever Tune's own state (res_1-w256-l0.003-1a2b3c4d).
+    A searcher may propose one point twice, so its trials also key on Tune's trial id."""
+    what = {**params, "_tune_id": tune_id} if tune_id else params
+    digest = hashlib.sha1(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()
+    return f"{trial_name(params)}-{digest[:8]}"
 
 
-def checkpoint_root(config: SweepConfig, trial_id: str) -> str:
-    return storage.join(config.sweep_url, "checkpoints", trial_id)
+def sae_url(config: SweepConfig, key: str) -> str:
+    site, rest = key.split("-", 1)
+    return storage.join(config.sweep_url, "saes", site, rest)
+
+
+def checkpoint_root(config: SweepConfig, key: str) -> str:
+    return storage.join(config.sweep_url, "checkpoints", key)
+
+
+JOIN_NAME = "join.json"  # where a trial first joined the shared stream
+
+
+def join_position(plan: TrialPlan) -> int:
+    """Where this trial reads the shared stream from when it has no checkpoint: recorded at
+    its first start, so a restart before the first checkpoint reads exactly the same data."""
+    url = storage.join(plan.checkpoint_url, JOIN_NAME)
+    if storage.exists(url):
+        return int(json.loads(storage.read_bytes(url))["join_at"])
+    from raysae.stream import get_brokers
+    from raysae.stream import join_position as live
+
+    at = live(get_brokers(plan.stream))
+    storage.write_bytes_atomic(url, json.dumps({"join_at": at}).encode())
+    return at
 
 
 def tune_report(metrics: dict, checkpoint_url: str | None = None) -> None:
@@ -102,15 +129,17 @@ def _run_workers(config: SweepConfig, plan: TrialPlan) -> None:
                 latest_checkpoint(plan.checkpoint_url))
 
 
-def train_sae(params: dict, *, sweep: dict, manifests: dict[str, str]) -> None:
+def train_sae(params: dict, *, sweep: dict, manifests: dict[str, str],
+              searched: bool = False) -> None:
     """The Tune function trainable of one trial (wrap it with `tune.with_parameters`).
 
     Args:
         params: the trial's point: site, width, sparsity_coefficient, maybe recipe fields.
         sweep: the sweep's config as plain data (`to_dict(SweepConfig)`).
         manifests: {site: activation cache URL}.
+        searched: a user's search algorithm proposes the points (see `trial_key`).
     """
-    from raysae.train.checkpoint import latest_checkpoint
+    from raysae.train.checkpoint import checkpoints
 
     config = from_dict(SweepConfig, sweep)
     site = str(SAESite.parse(params["site"]))
@@ -118,8 +147,9 @@ def train_sae(params: dict, *, sweep: dict, manifests: dict[str, str]) -> None:
     extra = {k: v for k, v in params.items() if k not in AXES}
     if extra:  # a user's param_space may vary other recipe knobs (lr, bandwidth, ...)
         tc = from_dict(type(tc), {**to_dict(tc), **extra}, "params")
-    trial_id = tune.get_context().get_trial_id() or "local"
-    url = sae_url(config, params, trial_id)
+    tune_id = tune.get_context().get_trial_id() if searched else None
+    trial_id = trial_key(params, tune_id)  # stable across driver restarts
+    url = sae_url(config, trial_id)
     ckpt_url = checkpoint_root(config, trial_id)
     pointer = tune.get_checkpoint()
     if pointer is not None:  # the same root unless the sweep's storage moved
@@ -132,11 +162,9 @@ def train_sae(params: dict, *, sweep: dict, manifests: dict[str, str]) -> None:
         # Finished before a driver restart that Tune's state snapshot did not see yet.
         tune.report(json.loads(storage.read_bytes(plan.result_url)))
         return
-    if plan.stream is not None and latest_checkpoint(ckpt_url) is None:
+    if plan.stream is not None and not checkpoints(ckpt_url):
         # A fresh trial joins the live stream; every process of the trial at the same batch.
-        from raysae.stream import get_brokers, join_position
-
-        plan = dataclasses.replace(plan, join_at=join_position(get_brokers(plan.stream)))
+        plan = dataclasses.replace(plan, join_at=join_position(plan))
     if config.resources.multi_process:
         _run_workers(config, plan)
     else:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from typing import Protocol
 
 import jax
@@ -27,6 +28,7 @@ from raysae.sweep.spec import SweepConfig
 from raysae.train.config import TrainConfig
 
 RESULT_NAME = "result.json"  # the final metrics, beside the saved SAE
+log = logging.getLogger(__name__)
 
 
 class Reporter(Protocol):
@@ -42,7 +44,7 @@ class TrialPlan:
     site: str                    # the SAESite, as a string
     train: TrainConfig
     manifest_url: str
-    trial_id: str
+    trial_id: str                # the trial's stable key
     sae_url: str                 # where the saved SAE and result.json go
     checkpoint_url: str          # the training checkpoints, on the sweep's storage
     stream: str | None           # the shared stream's name (None: read the cache directly)
@@ -98,7 +100,7 @@ def run_trial(plan: TrialPlan, report: Reporter) -> dict:
                    on_start=lambda step, position: started.update({names.RESTORED_STEP: step}))
     final = dict(result.history[-1]) if result.history else {}
     final.update({names.STEP: result.steps, names.PROCESSES: jax.process_count(),
-                  names.DEVICES: jax.device_count()})
+                  names.DEVICES: jax.device_count(), names.TRIAL: plan.trial_id})
     if jax.process_index() == 0:
         save_sae(plan, manifest, result)  # before evaluating: a failed eval loses nothing
         if plan.sweep.final_eval.enabled:
@@ -139,7 +141,16 @@ def save_release_copy(plan: TrialPlan, folded, l0: float | None) -> str:
     """The SAE again in the public release's layout, under <sweep>/release/<site kind>/."""
     from raysae.sae.release import save_release
 
+    from raysae.sae.release import release_dir
+
     site = SAESite.parse(plan.site)
     kind = "transcoder" if site.is_transcoder else site.input.kind
     root = storage.join(plan.sweep.sweep_url, "release", kind)
-    return save_release(folded, root, site.layer, l0 if l0 is not None else 0.0)
+    l0 = l0 if l0 is not None else 0.0
+    owner = storage.join(release_dir(root, site.layer, folded.width, l0), "trial")
+    if storage.exists(owner) and storage.read_bytes(owner).decode() != plan.trial_id:
+        log.warning("release layout: %s already holds another SAE of this width and average "
+                    "L0; %s is only under saes/", owner.rsplit("/", 1)[0], plan.trial_id)
+        return None
+    storage.write_bytes_atomic(owner, plan.trial_id.encode())
+    return save_release(folded, root, site.layer, l0)

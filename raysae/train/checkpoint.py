@@ -15,8 +15,10 @@ checkpoint from a sharded run loads into an unsharded one and back (callers re-s
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import json
+import logging
 import jax
 import numpy as np
 
@@ -26,10 +28,15 @@ from raysae.train.config import TrainConfig
 from raysae.train.step import TrainState, init_state
 
 LATEST = "latest"
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
     """A checkpoint is missing, incomplete or does not match the run; names the file."""
+
+
+class CorruptCheckpoint(CheckpointError):
+    """A checkpoint's files are unreadable or altered (an older one may still be good)."""
 
 
 @dataclasses.dataclass
@@ -76,10 +83,11 @@ def save_checkpoint(url: str, state: TrainState, *, config: TrainConfig, norm_sc
         return ckpt_url
     buf = io.BytesIO()
     np.savez(buf, **{f"leaf_{i:04d}": a for i, a in enumerate(leaves)})
-    storage.write_bytes_atomic(storage.join(ckpt_url, "state.npz"), buf.getvalue())
+    data = buf.getvalue()
+    storage.write_bytes_atomic(storage.join(ckpt_url, "state.npz"), data)
     meta = {"step": step, "norm_scalar": float(norm_scalar), "d": int(d), "d_out": int(d_out),
             "config": to_dict(config), "data_position": int(data_position),
-            "num_leaves": len(leaves)}
+            "num_leaves": len(leaves), "state_sha256": hashlib.sha256(data).hexdigest()}
     storage.write_bytes_atomic(storage.join(ckpt_url, "meta.json"),
                                json.dumps(meta, indent=2).encode())
     storage.write_bytes_atomic(storage.join(url, LATEST), name.encode())
@@ -93,6 +101,12 @@ def _prune(url: str, keep: int) -> None:
         storage.remove(storage.join(url, old), recursive=True)
 
 
+def checkpoints(url: str) -> list[str]:
+    """URLs of the checkpoint directories under `url`, newest first."""
+    names = sorted((n for n in storage.listdir(url) if n.startswith("step-")), reverse=True)
+    return [storage.join(url, n) for n in names]
+
+
 def latest_checkpoint(url: str) -> str | None:
     """URL of the newest complete checkpoint under `url`, or None if there is none."""
     pointer = storage.join(url, LATEST)
@@ -103,6 +117,38 @@ def latest_checkpoint(url: str) -> str | None:
     if not storage.exists(storage.join(ckpt, "meta.json")):
         raise CheckpointError(f"{pointer}: points at {name}, which has no meta.json")
     return ckpt
+
+
+def load_latest(url: str, config: TrainConfig | None = None) -> Checkpoint | None:
+    """The newest checkpoint under `url` that loads, falling back to older ones.
+
+    A directory without meta.json is a checkpoint that was never completed (meta.json is
+    written last) and is ignored; a corrupt one is skipped with a warning naming its file;
+    one that does not fit the run (another width, say) is an error at once.
+
+    Returns:
+        The checkpoint, or None when there is none at all.
+    Raises:
+        CorruptCheckpoint naming every file tried when none of them loads.
+    """
+    candidates = [c for c in checkpoints(url) if storage.exists(storage.join(c, "meta.json"))]
+    try:
+        newest = latest_checkpoint(url)
+    except CheckpointError as e:
+        log.warning("%s", e)
+        newest = None
+    if newest is not None:
+        candidates = [newest] + [c for c in candidates if c != newest]
+    problems = []
+    for ckpt in candidates:
+        try:
+            return load_checkpoint(ckpt, config)
+        except CorruptCheckpoint as e:
+            log.warning("skipping a corrupt checkpoint: %s", e)
+            problems.append(str(e))
+    if problems:
+        raise CorruptCheckpoint("no checkpoint under " + url + " loads: " + "; ".join(problems))
+    return None
 
 
 def load_checkpoint(ckpt_url: str, config: TrainConfig | None = None) -> Checkpoint:
@@ -120,9 +166,13 @@ def load_checkpoint(ckpt_url: str, config: TrainConfig | None = None) -> Checkpo
     meta_url = storage.join(ckpt_url, "meta.json")
     try:
         meta = json.loads(storage.read_bytes(meta_url))
+        saved = from_dict(TrainConfig, meta["config"])
+        for key in ("step", "norm_scalar", "d", "d_out", "data_position"):
+            meta[key]  # noqa: B018 - every field must be there
     except FileNotFoundError:
-        raise CheckpointError(f"{meta_url}: missing (incomplete checkpoint)") from None
-    saved = from_dict(TrainConfig, meta["config"])
+        raise CorruptCheckpoint(f"{meta_url}: missing (incomplete checkpoint)") from None
+    except (ValueError, KeyError, TypeError) as e:  # JSON, missing fields, a bad config
+        raise CorruptCheckpoint(f"{meta_url}: unreadable ({type(e).__name__}: {e})") from None
     config = saved if config is None else config
     if config.width != saved.width or config.transcoder != saved.transcoder:
         raise CheckpointError(f"{meta_url}: checkpoint has width={saved.width}, "
@@ -132,12 +182,19 @@ def load_checkpoint(ckpt_url: str, config: TrainConfig | None = None) -> Checkpo
     leaves, treedef = jax.tree_util.tree_flatten(template)
     state_url = storage.join(ckpt_url, "state.npz")
     try:
-        with np.load(io.BytesIO(storage.read_bytes(state_url)), allow_pickle=False) as z:
-            arrays = [z[f"leaf_{i:04d}"] for i in range(len(z.files))]
+        data = storage.read_bytes(state_url)
     except FileNotFoundError:
-        raise CheckpointError(f"{state_url}: missing") from None
+        raise CorruptCheckpoint(f"{state_url}: missing") from None
+    want = meta.get("state_sha256")
+    if want is not None and hashlib.sha256(data).hexdigest() != want:
+        raise CorruptCheckpoint(f"{state_url}: sha256 differs from meta.json's (altered or torn)")
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            arrays = [z[f"leaf_{i:04d}"] for i in range(len(z.files))]
     except KeyError as e:
-        raise CheckpointError(f"{state_url}: missing key {e}") from None
+        raise CorruptCheckpoint(f"{state_url}: missing key {e}") from None
+    except Exception as e:  # noqa: BLE001 - zipfile / zlib / numpy raise many types
+        raise CorruptCheckpoint(f"{state_url}: unreadable ({type(e).__name__}: {e})") from None
     if len(arrays) != len(leaves):
         raise CheckpointError(f"{state_url}: {len(arrays)} arrays but this optimiser needs "
                               f"{len(leaves)} (different grad_clip_norm or optimiser?)")

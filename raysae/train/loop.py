@@ -23,8 +23,7 @@ from jax.sharding import Mesh, NamedSharding
 from raysae import metrics as names
 from raysae.sae.fold import fold
 from raysae.sae.params import SAEParams
-from raysae.train.checkpoint import (CheckpointError, host_array, latest_checkpoint,
-                                     load_checkpoint, save_checkpoint)
+from raysae.train.checkpoint import CheckpointError, host_array, load_latest, save_checkpoint
 from raysae.train.config import TrainConfig
 from raysae.train.mesh import BATCH_SPEC, MeshSplit, mesh_for
 from raysae.train.sharded import ShardedStep, local_rows, place_batch, prefetch
@@ -123,24 +122,25 @@ def train(config: TrainConfig, data: Any, *, norm_scalar: float, d: int | None =
     write = jax.process_index() == 0 if write_checkpoints is None else write_checkpoints
     position: int | None = None
     if checkpoint_url and resume:
-        ckpt_url = latest_checkpoint(checkpoint_url)
-        if ckpt_url is not None:
-            ckpt = load_checkpoint(ckpt_url, config)
+        ckpt = load_latest(checkpoint_url, config)  # older ones stand in for a corrupt newest
+        if ckpt is not None:
             if not np.isclose(ckpt.norm_scalar, norm_scalar, rtol=1e-6):
-                raise CheckpointError(f"{ckpt_url}: trained with C={ckpt.norm_scalar}, but this "
+                raise CheckpointError(f"{ckpt.url}: trained with C={ckpt.norm_scalar}, but this "
                                       f"run divides by C={norm_scalar} (different data?)")
             state, position, d, d_out = ckpt.state, ckpt.data_position, ckpt.d, ckpt.d_out
-            log.info("resuming from %s (step %d, batch %d)", ckpt_url, ckpt.step, position)
+            log.info("resuming from %s (step %d, batch %d)", ckpt.url, ckpt.step, position)
         _agree_on_resume(int(host_array(state.step)) if state is not None else 0, position,
                          checkpoint_url)
 
     run = _Run(config, norm_scalar, checkpoint_url, write, on_metrics, on_checkpoint)
+    run.describe = None
     if state is not None and int(host_array(state.step)) >= config.steps:  # already done
         run.begin(state, d, d_out, position or 0)
         if on_start:
             on_start(run.step0, run.start)
         return run.finish(state, t0)
     batches = as_source(data).open(position)
+    run.describe = getattr(batches, "describe", None)  # a stream can say where a batch lies
     try:
         first = next(batches, None)
         if first is None:
@@ -214,9 +214,11 @@ class _Run:
     def _sync(self, state: TrainState, metrics, step: int) -> None:
         bad = int(host_array(state.first_bad_step))
         if bad >= 0:
+            g = self.start + bad - self.step0
+            where = f" ({self.describe(g)})" if self.describe else ""
             raise TrainingDataError(
-                f"batch {self.start + bad - self.step0} (step {bad}) contains NaN or Inf; the "
-                "parameters were not updated with it"
+                f"batch {g}{where} (step {bad}) contains NaN or Inf; the parameters were not "
+                "updated with it"
                 + (f"; the last checkpoint under {self.url} is intact" if self.url else ""))
         if metrics is not None:
             row = {k: float(v) for k, v in metrics._asdict().items()}

@@ -12,7 +12,7 @@ from raysae.activations import shuffle, sources
 from raysae.activations.config import CacheConfig
 from raysae.activations.pipeline import row_mask
 from raysae.config import ConfigError, from_dict
-from raysae.lm import ByteTokenizer, LMConfig, Site, loss_mask
+from raysae.lm import ByteTokenizer, LMConfig, loss_mask
 
 LM = LMConfig(vocab_size=259, d_model=8, n_layers=2, n_heads=2, n_kv_heads=1, head_dim=4, d_mlp=16,
               query_pre_attn_scalar=4, sliding_window=8)
@@ -174,11 +174,11 @@ def test_cli_builds_the_config_from_yaml_flags_and_set(tmp_path):
         cli.cache_config(args)
 
 
-def test_cli_reports_bad_jobs_with_exit_code_2(tmp_path, capsys):
+def test_cli_reports_bad_jobs_in_one_line_with_their_kind(tmp_path, capsys):
     from raysae.activations import cli
 
     assert cli.main(["--input", str(tmp_path / "none.txt"), "--output", str(tmp_path / "o"),
-                     "--site", "res:1"]) == 2
+                     "--site", "res:1"]) == 3  # bad data
     assert "none.txt: file not found" in capsys.readouterr().err
     assert cli.main(["--input", "python-stdlib", "--output", str(tmp_path / "o"),
                      "--site", "res:99"]) == 2

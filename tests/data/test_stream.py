@@ -268,3 +268,56 @@ def test_batches_are_raw_rows_widened_to_float32(tmp_path, dtype, window):
         np.testing.assert_array_equal(r, rows[row_ids(r, C)])  # bf16: widened exactly
     stored = LocalStream(url, 16, cfg).reader(0).rows(0)
     assert stored.dtype == (np.uint16 if dtype == "bfloat16" else np.float32)
+
+
+def test_a_nan_in_the_cache_is_named_by_batch_shard_and_rows(tmp_path):
+    """The training error names the global batch and where its rows are stored."""
+    from raysae.train import TrainConfig, TrainingDataError, train
+
+    url = str(tmp_path / "nan")
+    m, rows = write_synthetic_cache(url, [64, 64], d=4, norm_scalar=C)
+    stored = np.load(f"{url}/shard-00001.npy")
+    stored[40, 2] = np.nan                                   # shard 1, row 40
+    m.shards[1] = write_shard(url, 1, stored)
+    m.save(url)
+    cfg = StreamConfig(shuffle_shards=False, epochs=1)
+    tc = TrainConfig(width=8, steps=8, batch_size=16, lr=1e-3, lr_warmup_steps=0, log_every=1)
+    with pytest.raises(TrainingDataError,
+                       match=r"batch 6 \(.*shard-00001\.npy rows 32\.\.47\) \(step 6\) contains NaN"):
+        train(tc, LocalSource(url, 16, cfg), norm_scalar=C)
+
+
+def _alter_one_value(url, name, row, col, value=1e6):
+    """Change one value of a stored shard in place, keeping its size (no header change)."""
+    arr = np.load(f"{url}/{name}", mmap_mode="r+")
+    arr[row, col] = value
+    arr.flush()
+    del arr
+
+
+@pytest.mark.parametrize("window", [0, 30])
+def test_an_altered_shard_is_caught_before_its_rows_are_used(cache, window):
+    url, m, rows = cache
+    _alter_one_value(url, "shard-00002.npy", 10, 3)
+    cfg = StreamConfig(shuffle_window=window, epochs=1, shuffle_shards=False)
+    delivered = []
+    with pytest.raises(ShardError, match=r"shard-00002\.npy: rows 0\.\.63 do not match the "
+                                         r"manifest's checksum"):
+        for batch in LocalStream(url, 16, cfg):
+            delivered.append(batch)
+    assert delivered and not any((b == 1e6).any() for b in delivered)  # never handed out
+    # with the check off (not the default), the altered value goes to training unnoticed
+    off = list(LocalStream(url, 16, StreamConfig(shuffle_window=window, epochs=1,
+                                                 shuffle_shards=False, check_blocks=False)))
+    assert any((b == 1e6).any() for b in off)
+
+
+def test_block_checksums_are_in_the_manifest_and_old_caches_still_read(cache):
+    url, m, _ = cache
+    info = m.shards[0]
+    assert info.block_rows > 0 and len(info.crc32) == -(-info.rows // info.block_rows)
+    for s in m.shards:  # a cache written before block checksums: nothing to check
+        s.crc32, s.block_rows = [], 0
+    m.save(url)
+    _alter_one_value(url, "shard-00001.npy", 5, 1)
+    assert len(list(LocalStream(url, 16, StreamConfig(epochs=1)))) > 0

@@ -31,19 +31,19 @@ def test_non_dominated_simple_case():
 
 def _rows():
     return [
-        {"trial_id": "a", "site": "res:1", "width": 64, "sparsity_coefficient": 0.1, "l0": 5, "fvu": 0.4, "delta_loss": 0.2},
-        {"trial_id": "b", "site": "res:1", "width": 64, "sparsity_coefficient": 0.01, "l0": 20, "fvu": 0.1, "delta_loss": 0.25},
-        {"trial_id": "c", "site": "res:1", "width": 64, "sparsity_coefficient": 0.05, "l0": 25, "fvu": 0.3, "delta_loss": 0.1},
+        {"trial": "a", "site": "res:1", "width": 64, "sparsity_coefficient": 0.1, "l0": 5, "fvu": 0.4, "delta_loss": 0.2},
+        {"trial": "b", "site": "res:1", "width": 64, "sparsity_coefficient": 0.01, "l0": 20, "fvu": 0.1, "delta_loss": 0.25},
+        {"trial": "c", "site": "res:1", "width": 64, "sparsity_coefficient": 0.05, "l0": 25, "fvu": 0.3, "delta_loss": 0.1},
         # another width: judged only against its own group, though it is worse than "a"
-        {"trial_id": "d", "site": "res:1", "width": 128, "sparsity_coefficient": 0.1, "l0": 30, "fvu": 0.9, "delta_loss": 0.9},
+        {"trial": "d", "site": "res:1", "width": 128, "sparsity_coefficient": 0.1, "l0": 30, "fvu": 0.9, "delta_loss": 0.9},
         # running trial without delta loss yet: part of the FVU frontier only
-        {"trial_id": "e", "site": "res:1", "width": 128, "sparsity_coefficient": 0.2, "l0": 3, "fvu": 0.95, "delta_loss": None},
-        {"trial_id": "f", "site": "mlp:2", "width": 64, "sparsity_coefficient": 0.1, "l0": float("nan"), "fvu": 0.1},
+        {"trial": "e", "site": "res:1", "width": 128, "sparsity_coefficient": 0.2, "l0": 3, "fvu": 0.95, "delta_loss": None},
+        {"trial": "f", "site": "mlp:2", "width": 64, "sparsity_coefficient": 0.1, "l0": float("nan"), "fvu": 0.1},
     ]
 
 
 def test_frontier_rows_per_site_and_width():
-    rows = {r["trial_id"]: r for r in frontier.frontier_rows(_rows())}
+    rows = {r["trial"]: r for r in frontier.frontier_rows(_rows())}
     assert [rows[k]["frontier_fvu"] for k in "abcdef"] == [True, True, False, True, True, False]
     # b is dominated on delta loss by nobody? a: (5, .2), b: (20, .25) -> b dominated by a.
     assert [rows[k]["frontier_delta_loss"] for k in "abcdef"] == [True, False, True, True, False, False]
@@ -56,7 +56,7 @@ def test_write_and_read_back(tmp_path, base):
     assert storage.exists(storage.join(url, "frontier.png"))
     assert storage.read_bytes(storage.join(url, "frontier.png"))[:4] == b"\x89PNG"
     back = frontier.read_frontier(url)
-    assert [r["trial_id"] for r in back] == [r["trial_id"] for r in out]
+    assert [r["trial"] for r in back] == [r["trial"] for r in out]
     # NaN/None become JSON null, and the file is strict JSON
     text = storage.read_bytes(storage.join(url, "frontier.json")).decode()
     json.loads(text)

@@ -5,14 +5,13 @@ layer, npz missing keys, bad token ids), report JSON + PNGs on fsspec URLs, the 
 import io
 import json
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import raysae.evals.suite as ev
 from raysae import storage
 from raysae.config import ConfigError
-from raysae.evals import (EvalConfig, EvalReport, eval_tokens, evaluate, read_report, tokens_from_array,
+from raysae.evals import (EvalConfig, eval_tokens, evaluate, read_report, tokens_from_array,
                           tokens_from_texts, write_report)
 from raysae.evals.cli import main
 from raysae.evals.inputs import iter_texts, load_sae
@@ -121,7 +120,8 @@ def test_cli_errors_are_one_line(model, tmp_path, capsys, no_forward):
     bad = tmp_path / "params.npz"
     np.savez(bad, W_enc=np.zeros((d, 4), np.float32))
     (tmp_path / "t.txt").write_text("hello")
-    assert main(["--sae", str(bad), "--site", "res:1", "--text", str(tmp_path / "t.txt"), "--no-progress"]) == 2
+    # a bad SAE file is bad data (exit 3), a bad field or flag a usage error (exit 2)
+    assert main(["--sae", str(bad), "--site", "res:1", "--text", str(tmp_path / "t.txt"), "--no-progress"]) == 3
     assert "missing key 'W_dec'" in capsys.readouterr().err
     save_npz(random_sae(64, 8), str(tmp_path / "small"))
     assert main(["--sae", str(tmp_path / "small"), "--site", "res:1", "--text", str(tmp_path / "t.txt")]) == 2
@@ -178,3 +178,34 @@ def test_cli_end_to_end(model, tmp_path, capsys):
     assert rc == 0 and direct_tokens.shape == (6, 48)
     printed = json.loads(capsys.readouterr().out)
     assert "loss_recovered_zero" in printed and "loss_recovered_mean" not in printed and "r_l0" not in printed
+
+
+def test_cli_reads_yaml_then_flags_then_set(tmp_path):
+    """The eval CLI applies its settings in the order every raysae command does."""
+    import argparse
+
+    from raysae.evals.cli import _configure, eval_config
+
+    y = tmp_path / "eval.yaml"
+    y.write_text("num_sequences: 10\ncontext_length: 64\nbatch_size: 2\n")
+    parse = _configure(argparse.ArgumentParser()).parse_args
+    base = ["--sae", "x", "--site", "res:1", "--tokens", "t.npy", "--config", str(y)]
+    c = eval_config(parse(base + ["--num-sequences", "20", "--set", "num_sequences=30",
+                                  "--context-length", "128", "--no-r-l0"]))
+    assert (c.num_sequences, c.context_length, c.batch_size, c.r_l0) == (30, 128, 2, False)
+    c = eval_config(parse(base + ["--num-sequences", "20"]))
+    assert c.num_sequences == 20 and c.context_length == 64
+
+
+def test_cli_refuses_empty_and_binary_text(model, tmp_path, capsys):
+    sae = random_sae(model.config.d_model, 8, seed=6)
+    save_npz(sae, str(tmp_path / "sae"))
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "bin.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
+    base = ["--sae", str(tmp_path / "sae"), "--site", "res:1", "--no-progress",
+            "--num-sequences", "2", "--context-length", "16"]
+    assert main(base + ["--text", str(tmp_path / "empty.txt")]) == 3
+    assert "no token the SAE would read" in capsys.readouterr().err
+    assert main(base + ["--text", str(tmp_path / "bin.txt")]) == 3
+    err = capsys.readouterr().err
+    assert "bin.txt: not UTF-8 text" in err and len(err.strip().splitlines()) == 1

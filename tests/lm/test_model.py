@@ -376,7 +376,6 @@ def test_load_tokenizer_without_weights(model, tmp_path):
 
 
 def test_splice_params_are_traced_not_baked(model):
-    from raysae.lm.api import _losses_jit
 
     tok = _tokens()
     calls = []

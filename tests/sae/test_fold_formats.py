@@ -1,7 +1,6 @@
 """Folding (App. A) and the released file formats."""
 
 import io
-import json
 
 import jax
 import jax.numpy as jnp

@@ -86,21 +86,21 @@ def test_what_raysae_cannot_run_exactly_is_refused(tmp_path, edit, match):
 
 
 def test_gemma_scope_release_layout(tmp_path):
-    assert [width_name(w) for w in (4096, 16384, 65536, 131072, 524288, 2**20)] == \
-        ["4k", "16k", "65k", "131k", "524k", "1m"]
+    assert [width_name(w) for w in (64, 4096, 16384, 65536, 131072, 524288, 2**20)] == \
+        ["64", "4k", "16k", "65k", "131k", "524k", "1m"]
     root = str(tmp_path / "gemma-scope-2b-pt-res")
     a, b = trained_like(M=40), trained_like(M=40, seed=1)
     url = save_release(a, root, layer=12, average_l0=81.6)
-    assert url.endswith("layer_12/width_0k/average_l0_82/params.npz")
+    assert url.endswith("layer_12/width_40/average_l0_82/params.npz")
     save_release(b, root, layer=12, average_l0=20.2)
     big = trained_like(M=16384)
     assert save_release(big, root, layer=3, average_l0=7).endswith(
         "layer_3/width_16k/average_l0_7/params.npz")
     assert [(e.layer, e.width, e.average_l0) for e in list_release(root)] == \
-        [(3, "16k", 7), (12, "0k", 20), (12, "0k", 82)]
+        [(3, "16k", 7), (12, "40", 20), (12, "40", 82)]
     np.testing.assert_array_equal(load_release(root, 12, 40, average_l0=82).W_enc, np.asarray(a.W_enc))
     np.testing.assert_array_equal(load_release(root, 3, 16384).threshold, np.asarray(big.threshold))
-    with pytest.raises(SAEFormatError, match=r"layer_12/width_0k: several SAEs \(average_l0_20, average_l0_82\)"):
+    with pytest.raises(SAEFormatError, match=r"layer_12/width_40: several SAEs \(average_l0_20, average_l0_82\)"):
         load_release(root, 12, 40)
     with pytest.raises(SAEFormatError, match="no SAE with average_l0_5"):
         load_release(root, 12, 40, average_l0=5)

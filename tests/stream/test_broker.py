@@ -2,7 +2,6 @@
 slow / killed / lagging consumers, a killed broker, bad shards."""
 
 import threading
-import time
 
 import numpy as np
 import pytest

@@ -36,5 +36,5 @@ def test_two_host_trial_through_jax_trainer(tmp_path):
     from raysae.sweep.pointer import read_pointer
     from raysae.train import latest_checkpoint
 
-    root = storage.join(result.sweep_url, "checkpoints", m["trial_id"])
+    root = storage.join(result.sweep_url, "checkpoints", m["trial"])
     assert read_pointer(r.checkpoint.path)[0] == latest_checkpoint(root)

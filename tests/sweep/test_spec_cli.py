@@ -50,6 +50,7 @@ def run_cli(capsys, *args):
     ("data.cache.colour=1", "data.cache.colour: unknown key"),
     ("widths=[", "--set widths: not valid YAML"),
     ("widths=[]", "widths"),
+    ("widths=[1000000000000]", "widths[0]: 1000000000000 latents at d=128 need"),
     ("resources.tpu_topology=2x2", "resources.tpu_topology"),
     ("storage=memory://runs", "storage: memory://runs is process-local"),
 ])

@@ -64,7 +64,7 @@ def spec(tmp_path, name, **kw):
 
 
 def final_results(result):
-    return {r.metrics["trial_id"]: r.metrics for r in result.results}
+    return {r.metrics["trial"]: r.metrics for r in result.results}
 
 
 def test_sweep_end_to_end(cluster, tmp_path):
@@ -84,11 +84,11 @@ def test_sweep_end_to_end(cluster, tmp_path):
         assert l0[0] > l0[1] > l0[2]
     # the frontier files hold every trial, flagged with the true non-dominated set per width
     rows = frontier.read_frontier(result.sweep_url)
-    assert {r["trial_id"] for r in rows} == set(finals) and all(r["status"] == "done" for r in rows)
+    assert {r["trial"] for r in rows} == set(finals) and all(r["status"] == "done" for r in rows)
     for w in (64, 128):
         group = [r for r in rows if r["width"] == w]
         for r in group:
-            m = finals[r["trial_id"]]
+            m = finals[r["trial"]]
             assert r["l0"] == pytest.approx(m["eval/l0"]) and r["fvu"] == pytest.approx(m["eval/fvu"])
             dominated = any(o["l0"] <= r["l0"] and o["fvu"] <= r["fvu"] and
                             (o["l0"] < r["l0"] or o["fvu"] < r["fvu"]) for o in group)
@@ -106,11 +106,15 @@ def test_sweep_end_to_end(cluster, tmp_path):
     # ... and in the public Gemma Scope release's layout, by layer, width and rounded L0
     from raysae.sae.release import list_release
     release = list_release(storage.join(result.sweep_url, "release", "res"))
-    assert sorted((e.layer, e.width) for e in release) == [(1, "0k")] * 6
+    assert {(e.layer, e.width) for e in release} == {(1, "64"), (1, "128")}
+    for e in release:  # each is one of the sweep's SAEs, at its rounded L0
+        m = next(m for m in finals.values() if storage.read_bytes(
+            e.url.rsplit("/", 1)[0] + "/trial").decode() == m["trial"])
+        assert e.average_l0 == round(m["eval/l0"]) and int(e.width) == m["config"]["width"]
     # One checkpoint location: the loop's checkpoints on the sweep's storage; Tune holds a
     # pointer to the newest, and the newest holds the stream position the trial reached.
     for r in result.results:
-        tid = r.metrics["trial_id"]
+        tid = r.metrics["trial"]
         pointed, step = read_pointer(r.checkpoint.path)
         assert pointed == storage.join(result.sweep_url, "checkpoints", tid, "step-000000060")
         assert step == 60 and not os.path.exists(os.path.join(r.checkpoint.path, "state.npz"))
@@ -164,7 +168,7 @@ def test_killed_trial_restarts_from_its_checkpoint(cluster, tmp_path):
     assert m["restored_step"] % 100 == 0
     # the restarted trial went on reading the shared stream where its checkpoint had left it
     ck = load_checkpoint(latest_checkpoint(storage.join(result.sweep_url, "checkpoints",
-                                                        m["trial_id"])))
+                                                        m["trial"])))
     assert ck.step == 12000 and ck.data_position == m["stream/start"] - m["restored_step"] + 12000
     assert m["step"] == 12000 and "eval/fvu" in m
 
@@ -191,16 +195,21 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(cluster, tmp_pa
     driver.wait()
     first = _done_rows(sweep_url)
     assert 1 <= len(first) < 3
-    stamps = {r["trial_id"]: os.stat(os.path.join(r["sae_url"], "params.npz")).st_mtime_ns for r in first}
+    stamps = {r["trial"]: os.stat(os.path.join(r["sae_url"], "params.npz")).st_mtime_ns for r in first}
 
-    p = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
-    assert p.returncode == 0, p.stderr[-3000:]
+    from raysae.sweep import load_sweep
+
+    resumed = run_sweep(load_sweep(str(path)), resume=True, verbose=0)  # as `--resume` does
+    assert all(r.error is None for r in resumed.results)
     rows = _done_rows(sweep_url)
     assert len(rows) == 3 and {r["sparsity_coefficient"] for r in rows} == {0.003, 0.03, 0.3}
     for tid, stamp in stamps.items():  # finished trials were not trained again
-        sae = next(r["sae_url"] for r in rows if r["trial_id"] == tid)
+        sae = next(r["sae_url"] for r in rows if r["trial"] == tid)
         assert os.stat(os.path.join(sae, "params.npz")).st_mtime_ns == stamp
-    assert "frontier:" in p.stdout and "res:1" in p.stdout
+    # The resumed sweep's brokers held no ring for trials that were already done, and sought
+    # to where their consumers were instead of producing from batch 0 (their own counters).
+    (stats,) = resumed.stream_stats.values()
+    assert all(st.expect_consumers == 0 and st.restarted and st.error is None for st in stats)
 
 
 def test_user_search_algorithm_and_scheduler(cluster, tmp_path):

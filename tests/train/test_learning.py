@@ -13,7 +13,6 @@ needs tens of thousands of steps with ε = 0.001, too long for this suite on 2 c
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

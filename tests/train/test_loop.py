@@ -192,3 +192,50 @@ def test_a_nan_batch_is_named_by_its_global_index():
 
     with pytest.raises(TrainingDataError, match=r"batch 103 \(step 3\)"):
         train(CFG, Late(), norm_scalar=1.0)
+
+
+@pytest.mark.parametrize("how", ["state_truncated", "state_flipped", "meta_not_json", "meta_torn"])
+def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, how, caplog):
+    url = str(tmp_path / "ckpt")
+    full = train(CFG, source, norm_scalar=2.0)
+    cfg8 = TrainConfig(**{**CFG.__dict__, "steps": 8})
+    train(cfg8, source, norm_scalar=2.0, checkpoint_url=url)  # step 4 and step 8 kept
+    newest = latest_checkpoint(url)
+    state, meta = storage.join(newest, "state.npz"), storage.join(newest, "meta.json")
+    if how == "state_truncated":
+        storage.write_bytes_atomic(state, storage.read_bytes(state)[:100])
+    elif how == "state_flipped":
+        data = bytearray(storage.read_bytes(state))
+        data[len(data) // 2] ^= 0x01
+        storage.write_bytes_atomic(state, bytes(data))
+    elif how == "meta_not_json":
+        storage.write_bytes_atomic(meta, b"{torn")
+    else:
+        storage.write_bytes_atomic(meta, storage.read_bytes(meta)[:-40])
+    with caplog.at_level("WARNING"):
+        resumed = train(CFG, source, norm_scalar=2.0, checkpoint_url=url)
+    assert "step-000000008" in caplog.text  # the bad file is named
+    assert resumed.steps == 12
+    for a, b in zip(resumed.params, full.params):  # from step 4: still the uninterrupted run
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_when_no_checkpoint_loads_the_error_names_them_all(tmp_path):
+    from raysae.train.checkpoint import CorruptCheckpoint, checkpoints
+
+    url = str(tmp_path / "ckpt")
+    train(TrainConfig(**{**CFG.__dict__, "steps": 8}), source, norm_scalar=2.0, checkpoint_url=url)
+    for ck in checkpoints(url):
+        storage.write_bytes_atomic(storage.join(ck, "state.npz"), b"junk")
+    with pytest.raises(CorruptCheckpoint, match=r"step-000000008/state\.npz.*step-000000004/state\.npz"):
+        train(CFG, source, norm_scalar=2.0, checkpoint_url=url)
+
+
+def test_a_checkpoint_that_was_never_completed_is_ignored(tmp_path):
+    """A disk that filled up between state.npz and meta.json leaves a directory without
+    meta.json: not a checkpoint, so a run with nothing else starts afresh."""
+    url = str(tmp_path / "ckpt")
+    storage.write_bytes_atomic(storage.join(url, "step-000000004", "state.npz"), b"partial")
+    res = train(TrainConfig(**{**CFG.__dict__, "steps": 4}), source, norm_scalar=2.0,
+                checkpoint_url=url)
+    assert res.steps == 4 and load_checkpoint(latest_checkpoint(url)).step == 4
