@@ -136,7 +136,7 @@ def from_dict(cls: type[T], data: Mapping[str, Any], where: str = "") -> T:
 def to_dict(obj: Any) -> Any:
     """Plain-data (YAML/JSON-safe) view of a config dataclass."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj) if f.init}
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
     if isinstance(obj, dict):

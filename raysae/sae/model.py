@@ -69,11 +69,22 @@ def forward(params: SAEParams, x: jax.Array, *, pre_encoder_bias: bool = False,
 
 def loss_fn(params: SAEParams, x: jax.Array, target: jax.Array | None = None, *,
             sparsity_coefficient: jax.Array | float, bandwidth: float = DEFAULT_BANDWIDTH,
-            pre_encoder_bias: bool = True, compute_dtype=None) -> tuple[jax.Array, LossParts]:
+            pre_encoder_bias: bool = True, compute_dtype=None, sparsity_loss: str = "l0",
+            target_l0: float | None = None, dead_mask: jax.Array | None = None,
+            dead_preact_coefficient: float = 0.0) -> tuple[jax.Array, LossParts]:
     """Training loss and its parts for a batch x [B, d_in] (target [B, d_out] for transcoders).
 
     Pass `target=None` for an SAE (target = x, pre-encoder bias on); a transcoder passes
     its target and `pre_encoder_bias=False` (App. B).
+
+    `sparsity_loss="quadratic"` replaces λ·mean‖f‖₀ by λ·mean_rows (2/T)(‖f‖₀ − T)² around a
+    target L0 T (`target_l0`), the Gemma Scope 2 penalty as SAELens implements it (its
+    `jumprelu_sparsity_loss_mode="quadratic"`, PR #732); not the Gemma Scope (2024) recipe.
+
+    `dead_preact_coefficient` c > 0 with a bool `dead_mask` [M] adds Anthropic's pre-activation
+    loss for dead latents (Circuits Updates, Jan 2025; SAELens's `pre_act_loss_coefficient`):
+    c · mean_rows Σ_i dead_i · relu(θ_i − z_i) · ‖W_dec,i‖, which pulls dead latents' z up
+    to their threshold. Not part of Gemma Scope (2024).
     """
     target = x if target is None else target
     z = pre_activations(params, x, pre_encoder_bias=pre_encoder_bias, compute_dtype=compute_dtype)
@@ -82,8 +93,20 @@ def loss_fn(params: SAEParams, x: jax.Array, target: jax.Array | None = None, *,
     mse = jnp.mean(jnp.sum(jnp.square(target - x_hat), axis=-1))
     # The L0 term goes through the Heaviside STE: its only gradient is to θ.
     active = heaviside(z, params.threshold, bandwidth)
-    l0 = jnp.mean(jnp.sum(active, axis=-1))
-    sparsity = sparsity_coefficient * l0
+    l0_rows = jnp.sum(active, axis=-1)
+    l0 = jnp.mean(l0_rows)
+    if sparsity_loss == "l0":
+        sparsity = sparsity_coefficient * l0
+    elif sparsity_loss == "quadratic":
+        if target_l0 is None or target_l0 <= 0:
+            raise ValueError("sparsity_loss='quadratic' needs a positive target_l0")
+        sparsity = sparsity_coefficient * jnp.mean(2.0 / target_l0 * (l0_rows - target_l0) ** 2)
+    else:
+        raise ValueError(f"sparsity_loss must be 'l0' or 'quadratic', got {sparsity_loss!r}")
+    if dead_mask is not None and dead_preact_coefficient > 0:
+        norms = jnp.linalg.norm(params.W_dec, axis=-1)
+        gap = jax.nn.relu(params.threshold - z) * (dead_mask.astype(z.dtype) * norms)
+        sparsity = sparsity + dead_preact_coefficient * jnp.mean(jnp.sum(gap, axis=-1))
     centred = target - jnp.mean(target, axis=0, keepdims=True)
     variance = jax.lax.stop_gradient(jnp.mean(jnp.sum(jnp.square(centred), axis=-1)))
     loss = mse + sparsity

@@ -43,17 +43,21 @@ def unit_rows(w: jax.Array) -> jax.Array:
 
 def init_params(key: jax.Array, d: int, width: int, *, d_out: int | None = None,
                 transcoder: bool = False, threshold: float = DEFAULT_THRESHOLD,
-                dtype=jnp.float32) -> SAEParams:
+                decoder_norm: float | None = None, dtype=jnp.float32) -> SAEParams:
     """The paper's initialisation.
 
     W_dec is He-uniform (bound sqrt(6 / fan_in), fan_in = M) with rows then rescaled to unit
-    norm; W_enc = W_decᵀ (untied afterwards); biases 0; θ = `threshold`. Transcoders
+    norm; W_enc = W_decᵀ (untied afterwards); biases 0; θ = `threshold`. `decoder_norm`
+    (not the paper's: SAELens's "heuristic" init uses 0.1) rescales the rows to that norm
+    before the transpose, so the encoder starts small too. Transcoders
     (App. B) get no transpose init: W_enc is drawn independently, He-uniform over d_in.
     """
     d_out = d if d_out is None else d_out
     k_dec, k_enc = jax.random.split(key)
     bound = (6.0 / width) ** 0.5
     W_dec = unit_rows(jax.random.uniform(k_dec, (width, d_out), dtype, -bound, bound))
+    if decoder_norm is not None:
+        W_dec = W_dec * decoder_norm
     if transcoder:
         enc_bound = (6.0 / d) ** 0.5
         W_enc = jax.random.uniform(k_enc, (d, width), dtype, -enc_bound, enc_bound)

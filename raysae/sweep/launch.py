@@ -86,7 +86,7 @@ def num_samples(config: SweepConfig, searcher: bool) -> int:
 
 
 def _trainable(config: SweepConfig, manifests: dict[str, str], searched: bool):
-    fn = tune.with_parameters(train_sae, sweep=to_dict(config), manifests=manifests,
+    fn = tune.with_parameters(train_sae, sweep=config, manifests=manifests,
                               searched=searched)
     r = config.resources
     if r.multi_process:  # the trial only drives a JaxTrainer job; its workers hold the devices

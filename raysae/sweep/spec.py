@@ -197,8 +197,8 @@ class SweepConfig:
         extra = {"model_parallel": self.resources.model_axis} if self.resources.model_axis > 1 else {}
         if SAESite.parse(site).is_transcoder:
             extra["transcoder"] = True
-        return dataclasses.replace(self.train, width=int(width), steps=self.steps_for(width),
-                                   sparsity_coefficient=float(sparsity_coefficient), **extra)
+        return self.train.with_(width=int(width), steps=self.steps_for(width),
+                                sparsity_coefficient=float(sparsity_coefficient), **extra)
 
     def resolved(self) -> "SweepConfig":
         """A copy with relative local paths made absolute (trials run in other directories)."""

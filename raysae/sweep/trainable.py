@@ -22,7 +22,6 @@ from ray import tune
 
 from raysae import metrics as names
 from raysae import storage
-from raysae.config import from_dict, to_dict
 from raysae.sites import SAESite
 from raysae.sweep.pointer import pointer_dir, read_pointer
 from raysae.sweep.spec import SweepConfig
@@ -129,24 +128,24 @@ def _run_workers(config: SweepConfig, plan: TrialPlan) -> None:
                 latest_checkpoint(plan.checkpoint_url))
 
 
-def train_sae(params: dict, *, sweep: dict, manifests: dict[str, str],
+def train_sae(params: dict, *, sweep: SweepConfig, manifests: dict[str, str],
               searched: bool = False) -> None:
     """The Tune function trainable of one trial (wrap it with `tune.with_parameters`).
 
     Args:
         params: the trial's point: site, width, sparsity_coefficient, maybe recipe fields.
-        sweep: the sweep's config as plain data (`to_dict(SweepConfig)`).
+        sweep: the sweep's config (the object: it knows which recipe values were derived).
         manifests: {site: activation cache URL}.
         searched: a user's search algorithm proposes the points (see `trial_key`).
     """
     from raysae.train.checkpoint import checkpoints
 
-    config = from_dict(SweepConfig, sweep)
+    config = sweep
     site = str(SAESite.parse(params["site"]))
     tc = config.trial_train_config(params["width"], params["sparsity_coefficient"], site)
     extra = {k: v for k, v in params.items() if k not in AXES}
     if extra:  # a user's param_space may vary other recipe knobs (lr, bandwidth, ...)
-        tc = from_dict(type(tc), {**to_dict(tc), **extra}, "params")
+        tc = tc.with_(**extra)
     tune_id = tune.get_context().get_trial_id() if searched else None
     trial_id = trial_key(params, tune_id)  # stable across driver restarts
     url = sae_url(config, trial_id)

@@ -1,9 +1,12 @@
-"""`TrainConfig`: every knob of the Gemma Scope recipe, defaulting to the paper's value.
+"""`TrainConfig`: every knob of the training recipe, defaulting to the paper's value.
 
 One dataclass, loadable from YAML (`raysae.config.from_dict`) and used unchanged by the
-Python API, the CLI and the sweep. Defaults (Gemma Scope §3 / DESIGN.md): Adam β=(0, 0.999),
-eps 1e-8; lr 7e-5 with a cosine warmup 0.1η → η over 1,000 steps; λ warmed up linearly over
-10,000 steps; batch 4,096; bandwidth ε 0.001; θ₀ 0.001; no gradient clipping.
+Python API, the CLI and the sweep. `recipe` names the values of the fields left unset
+(`raysae.train.recipes`): "gemma-scope" is the paper (Adam β=(0, 0.999), eps 1e-8; lr 7e-5
+with a cosine warmup 0.1η → η over 1,000 steps; λ warmed up linearly over 10,000 steps;
+batch 4,096; ε 0.001; θ₀ 0.001; unit-norm decoder rows; no clipping), "small-budget" what
+bench/quality.py found better for short runs. A built config holds every effective value;
+`with_(...)` changes fields and re-derives the ones it was not given (steps, recipe values).
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import dataclasses
 from typing import Literal
 
 from raysae.config import check
+from raysae.train.recipes import FIELDS as RECIPE_FIELDS, RECIPES, recipe_values
 
 
 def paper_tokens(width: int) -> int:
@@ -24,21 +28,34 @@ def paper_tokens(width: int) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
+    """The recipe of one SAE's training (None: the value `recipe` gives for this run)."""
+
+    recipe: Literal["gemma-scope", "small-budget"] = "gemma-scope"
     width: int = 16384                      # M, number of latents
     sparsity_coefficient: float = 1e-3      # λ (the sweep varies it)
     steps: int | None = None                # optimiser steps; None: the width's paper budget
                                             # (`paper_tokens(width)` / batch_size)
     batch_size: int = 4096
-    lr: float = 7e-5
-    lr_warmup_steps: int = 1000
+    lr: float | None = None                 # paper: 7e-5
+    lr_warmup_steps: int | None = None      # paper: 1,000
     lr_warmup_start: float = 0.1            # cosine warmup from lr_warmup_start · lr to lr
-    sparsity_warmup_steps: int = 10_000
+    lr_decay_steps: int | None = None       # linear decay to 0 over the last N steps (paper: 0)
+    sparsity_warmup_steps: int | None = None  # paper: 10,000
+    sparsity_warmup_start: float | None = None  # λ(0) = start · λ, linear to λ (paper: 0;
+                                              # above 1 anneals λ down)
     adam_b1: float = 0.0
     adam_b2: float = 0.999
     adam_eps: float = 1e-8
-    bandwidth: float = 0.001                # ε of the rectangle kernel
+    bandwidth: float | None = None          # ε of the rectangle kernel (paper: 0.001)
     threshold_init: float = 0.001           # θ₀
     grad_clip_norm: float | None = None     # None: no clipping (the paper); SAELens uses 1.0
+    decoder_init_norm: float | None = None  # decoder row norm at init (paper: 1)
+    decoder_unit_norm: bool | None = None   # renormalise decoder rows after each update (paper)
+    project_decoder_grads: bool | None = None  # drop the row-parallel gradient part (paper)
+    sparsity_loss: Literal["l0", "quadratic"] = "l0"  # quadratic: Gemma Scope 2, as SAELens has it
+    target_l0: float | None = None          # T of the quadratic penalty
+    dead_preact_coefficient: float | None = None  # Anthropic's pre-activation loss (paper: 0)
+    dead_preact_window_steps: int | None = None   # ... on latents silent for this many steps
     transcoder: bool = False                # App. B: input/target pairs, no transpose init
     compute_dtype: Literal["float32", "bfloat16"] = "float32"  # matmul dtype; params stay fp32
     seed: int = 0
@@ -49,12 +66,22 @@ class TrainConfig:
     # Sharded training (train/mesh.py): None lets the cost model choose the split.
     data_parallel: int | None = None        # devices the batch is split over
     model_parallel: int | None = None       # devices the latent axis M is split over (Megatron)
+    # the fields derived here (not given): `with_` re-derives them
+    derived: frozenset = dataclasses.field(default=frozenset(), init=False, repr=False,
+                                           compare=False)
 
     def __post_init__(self):
+        check(self.recipe in RECIPES, "recipe", f"{self.recipe!r} is not one of {list(RECIPES)}")
         check(self.width > 0, "width", f"must be positive, got {self.width}")
         check(self.batch_size > 0, "batch_size", f"must be positive, got {self.batch_size}")
+        derived = {f for f in ("steps",) + RECIPE_FIELDS if getattr(self, f) is None}
+        object.__setattr__(self, "derived", frozenset(derived))
         if self.steps is None:  # the effective value is what the config records
             object.__setattr__(self, "steps", max(1, paper_tokens(self.width) // self.batch_size))
+        check(self.steps > 0, "steps", f"must be positive, got {self.steps}")
+        for name, value in recipe_values(self.recipe, self.steps).items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
         check(self.sparsity_coefficient >= 0, "sparsity_coefficient",
               f"must be >= 0, got {self.sparsity_coefficient}")
         check(self.steps > 0, "steps", f"must be positive, got {self.steps}")
@@ -63,6 +90,15 @@ class TrainConfig:
         check(self.lr_warmup_steps >= 0, "lr_warmup_steps", "must be >= 0")
         check(0 < self.lr_warmup_start <= 1, "lr_warmup_start", "must be in (0, 1]")
         check(self.sparsity_warmup_steps >= 0, "sparsity_warmup_steps", "must be >= 0")
+        check(self.sparsity_warmup_start >= 0, "sparsity_warmup_start", "must be >= 0")
+        check(self.lr_decay_steps >= 0, "lr_decay_steps", "must be >= 0")
+        check(self.decoder_init_norm > 0, "decoder_init_norm", "must be positive")
+        check(self.sparsity_loss in ("l0", "quadratic"), "sparsity_loss",
+              f"must be 'l0' or 'quadratic', got {self.sparsity_loss!r}")
+        check(self.sparsity_loss != "quadratic" or (self.target_l0 or 0) > 0, "target_l0",
+              "sparsity_loss 'quadratic' needs a positive target_l0")
+        check(self.dead_preact_coefficient >= 0, "dead_preact_coefficient", "must be >= 0")
+        check(self.dead_preact_window_steps > 0, "dead_preact_window_steps", "must be positive")
         check(0 <= self.adam_b1 < 1, "adam_b1", f"must be in [0, 1), got {self.adam_b1}")
         check(0 <= self.adam_b2 < 1, "adam_b2", f"must be in [0, 1), got {self.adam_b2}")
         check(self.adam_eps > 0, "adam_eps", "must be positive")
@@ -87,3 +123,10 @@ class TrainConfig:
     @property
     def tokens(self) -> int:
         return self.steps * self.batch_size
+
+    def with_(self, **changes) -> "TrainConfig":
+        """This config with `changes`; the fields it derived (steps from the width, the
+        recipe's step-dependent values) are derived again for the new values."""
+        given = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+                 if f.init and f.name not in self.derived}
+        return TrainConfig(**{**given, **changes})

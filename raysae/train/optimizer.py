@@ -19,7 +19,7 @@ import optax
 
 from raysae.sae.params import SAEParams, unit_rows
 from raysae.train.config import TrainConfig
-from raysae.train.schedules import cosine_warmup
+from raysae.train.schedules import lr_schedule
 
 MIN_THRESHOLD = 1e-6
 
@@ -50,16 +50,17 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     parts = []
     if config.grad_clip_norm is not None:
         parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
+    if config.project_decoder_grads:
+        parts.append(project_decoder_grads())
     parts += [
-        project_decoder_grads(),
         optax.scale_by_adam(b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps),
-        optax.scale_by_learning_rate(
-            cosine_warmup(config.lr, config.lr_warmup_steps, config.lr_warmup_start)),
+        optax.scale_by_learning_rate(lr_schedule(config)),
     ]
     return optax.chain(*parts)
 
 
-def project_params(params: SAEParams) -> SAEParams:
-    """Unit-norm decoder rows and θ ≥ MIN_THRESHOLD after every update."""
-    return params._replace(W_dec=unit_rows(params.W_dec),
-                           threshold=jnp.maximum(params.threshold, MIN_THRESHOLD))
+def project_params(params: SAEParams, unit_decoder: bool = True) -> SAEParams:
+    """Unit-norm decoder rows (unless `unit_decoder` is False) and θ ≥ MIN_THRESHOLD after
+    every update."""
+    W_dec = unit_rows(params.W_dec) if unit_decoder else params.W_dec
+    return params._replace(W_dec=W_dec, threshold=jnp.maximum(params.threshold, MIN_THRESHOLD))

@@ -18,7 +18,7 @@ from raysae.sae.model import loss_fn
 from raysae.sae.params import SAEParams, init_params
 from raysae.train.config import TrainConfig
 from raysae.train.optimizer import make_optimizer, project_params
-from raysae.train.schedules import cosine_warmup, linear_warmup
+from raysae.train.schedules import linear_warmup, lr_schedule
 
 
 class TrainState(NamedTuple):
@@ -63,7 +63,8 @@ def init_state(config: TrainConfig, d: int, *, d_out: int | None = None,
     if params is None:
         key = jax.random.PRNGKey(config.seed) if key is None else key
         params = init_params(key, d, config.width, d_out=d_out, transcoder=config.transcoder,
-                             threshold=config.threshold_init)
+                             threshold=config.threshold_init,
+                             decoder_norm=config.decoder_init_norm)
     params = SAEParams(*(jnp.asarray(p, jnp.float32) for p in params))
     opt_state = make_optimizer(config).init(params)
     return TrainState(params=params, opt_state=opt_state, step=jnp.zeros((), jnp.int32),
@@ -85,17 +86,22 @@ def train_step(state: TrainState, x: jax.Array, target: jax.Array | None,
         it was and records its step in `first_bad_step`.
     """
     optimizer = make_optimizer(config)
-    lam = linear_warmup(config.sparsity_coefficient, config.sparsity_warmup_steps)(state.step)
-    lr = cosine_warmup(config.lr, config.lr_warmup_steps, config.lr_warmup_start)(state.step)
+    lam = linear_warmup(config.sparsity_coefficient, config.sparsity_warmup_steps,
+                        config.sparsity_warmup_start)(state.step)
+    lr = lr_schedule(config)(state.step)
+    silent = (state.step - state.last_fired) > config.dead_preact_window_steps
 
     def objective(params):
         return loss_fn(params, x, target, sparsity_coefficient=lam, bandwidth=config.bandwidth,
                        pre_encoder_bias=not config.transcoder,
-                       compute_dtype=compute_dtype(config))
+                       compute_dtype=compute_dtype(config), sparsity_loss=config.sparsity_loss,
+                       target_l0=config.target_l0, dead_mask=silent,
+                       dead_preact_coefficient=config.dead_preact_coefficient)
 
     (_, parts), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-    params = project_params(optax.apply_updates(state.params, updates))
+    params = project_params(optax.apply_updates(state.params, updates),
+                            unit_decoder=config.decoder_unit_norm)
 
     last_fired = jnp.where(parts.fired, state.step, state.last_fired)
 

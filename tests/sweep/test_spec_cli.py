@@ -172,3 +172,15 @@ def test_the_cache_section_is_typed_and_derived(tmp_path):
     assert job.max_tokens == 1000 and job.context_length == 64 and job.model == "tiny"
     assert job.sites == ["res:1", "transcoder:2"] and job.inputs == ["python-stdlib"]
     assert manifest_url(c, "transcoder:2") == storage.join(str(tmp_path), "n", "cache", "transcoder_2")
+
+
+def test_a_recipe_is_chosen_in_the_sweep_and_derived_per_trial(sweep_yaml):
+    config = load_sweep(str(sweep_yaml), ["train.recipe=small-budget", "tokens_by_width={128: 51200}",
+                                          "tokens=25600", "train.lr=0.002"])
+    a, b = (config.trial_train_config(w, 0.01, "res:1") for w in (64, 128))
+    assert a.recipe == b.recipe == "small-budget" and a.lr == b.lr == 0.002  # given: kept
+    assert (a.steps, a.sparsity_warmup_steps, a.lr_decay_steps) == (100, 50, 20)
+    assert (b.steps, b.sparsity_warmup_steps, b.lr_decay_steps) == (200, 100, 40)
+    assert load_sweep(sweep_file("tiny")).train.recipe == "small-budget"
+    paper = load_sweep(str(sweep_yaml)).trial_train_config(64, 0.01, "res:1")
+    assert (paper.recipe, paper.bandwidth, paper.decoder_unit_norm) == ("gemma-scope", 0.001, True)

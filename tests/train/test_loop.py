@@ -51,7 +51,7 @@ def test_resume_from_plain_iterable_skips_consumed_batches(tmp_path):
     batches = list(SD.batches(CFG.batch_size, seed=7) for _ in range(1))[0]
     data = [next(batches) for _ in range(12)]
     full = train(CFG, data, norm_scalar=1.0)
-    cfg8 = TrainConfig(**{**CFG.__dict__, "steps": 8})
+    cfg8 = CFG.with_(steps=8)
     train(cfg8, data, norm_scalar=1.0, checkpoint_url=url)
     resumed = train(CFG, data, norm_scalar=1.0, checkpoint_url=url)
     for a, b in zip(resumed.params, full.params):
@@ -95,13 +95,13 @@ def test_wrong_width_and_empty_data():
 def test_checkpoint_for_other_width_is_refused(tmp_path):
     url = str(tmp_path / "ckpt")
     train(CFG, source, norm_scalar=1.0, checkpoint_url=url)
-    other = TrainConfig(**{**CFG.__dict__, "width": 64})
+    other = CFG.with_(width=64)
     with pytest.raises(CheckpointError, match="width=32"):
         train(other, source, norm_scalar=1.0, checkpoint_url=url)
 
 
 def test_transcoder_batches_split_into_input_and_target():
-    cfg = TrainConfig(**{**CFG.__dict__, "transcoder": True, "steps": 4})
+    cfg = CFG.with_(transcoder=True, steps=4)
     rng = np.random.default_rng(0)
     data = [rng.standard_normal((32, 2 * D)).astype(np.float32) for _ in range(4)]
     res = train(cfg, data, norm_scalar=1.0)
@@ -114,7 +114,7 @@ def test_transcoder_batches_split_into_input_and_target():
 
 def test_c_is_required_and_applied_once_on_the_device():
     data = [next(SD.batches(32, seed=3, start=i)) for i in range(4)]
-    cfg = TrainConfig(**{**CFG.__dict__, "steps": 4})
+    cfg = CFG.with_(steps=4)
     with pytest.raises(TypeError, match="norm_scalar"):
         train(cfg, data)  # no silent C = 1
     for bad in (0.0, -1.0, float("nan")):
@@ -132,7 +132,7 @@ def test_running_out_of_data_is_flagged():
     data = [next(SD.batches(32, seed=3, start=i)) for i in range(5)]
     res = train(CFG, data, norm_scalar=1.0)
     assert res.steps == 5 and res.truncated and res.data_position == 5
-    assert not train(TrainConfig(**{**CFG.__dict__, "steps": 5}), data, norm_scalar=1.0).truncated
+    assert not train(CFG.with_(steps=5), data, norm_scalar=1.0).truncated
 
 
 def test_the_loop_records_the_sources_position(tmp_path):
@@ -159,7 +159,7 @@ def test_the_loop_records_the_sources_position(tmp_path):
             return It()
 
     url = str(tmp_path / "ckpt")
-    cfg8 = TrainConfig(**{**CFG.__dict__, "steps": 8})
+    cfg8 = CFG.with_(steps=8)
     starts = []
     on_start = lambda step, position: starts.append((step, position))  # noqa: E731
     assert train(cfg8, Source(), norm_scalar=1.0, checkpoint_url=url,
@@ -198,7 +198,7 @@ def test_a_nan_batch_is_named_by_its_global_index():
 def test_a_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, how, caplog):
     url = str(tmp_path / "ckpt")
     full = train(CFG, source, norm_scalar=2.0)
-    cfg8 = TrainConfig(**{**CFG.__dict__, "steps": 8})
+    cfg8 = CFG.with_(steps=8)
     train(cfg8, source, norm_scalar=2.0, checkpoint_url=url)  # step 4 and step 8 kept
     newest = latest_checkpoint(url)
     state, meta = storage.join(newest, "state.npz"), storage.join(newest, "meta.json")
@@ -224,7 +224,7 @@ def test_when_no_checkpoint_loads_the_error_names_them_all(tmp_path):
     from raysae.train.checkpoint import CorruptCheckpoint, checkpoints
 
     url = str(tmp_path / "ckpt")
-    train(TrainConfig(**{**CFG.__dict__, "steps": 8}), source, norm_scalar=2.0, checkpoint_url=url)
+    train(CFG.with_(steps=8), source, norm_scalar=2.0, checkpoint_url=url)
     for ck in checkpoints(url):
         storage.write_bytes_atomic(storage.join(ck, "state.npz"), b"junk")
     with pytest.raises(CorruptCheckpoint, match=r"step-000000008/state\.npz.*step-000000004/state\.npz"):
@@ -236,6 +236,6 @@ def test_a_checkpoint_that_was_never_completed_is_ignored(tmp_path):
     meta.json: not a checkpoint, so a run with nothing else starts afresh."""
     url = str(tmp_path / "ckpt")
     storage.write_bytes_atomic(storage.join(url, "step-000000004", "state.npz"), b"partial")
-    res = train(TrainConfig(**{**CFG.__dict__, "steps": 4}), source, norm_scalar=2.0,
+    res = train(CFG.with_(steps=4), source, norm_scalar=2.0,
                 checkpoint_url=url)
     assert res.steps == 4 and load_checkpoint(latest_checkpoint(url)).step == 4
