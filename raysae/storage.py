@@ -1,9 +1,9 @@
 """Storage through fsspec URLs: local paths, gs:// (gcsfs), s3://, memory://.
 
-Nothing in raysae assumes a local disk. Writers that must never leave a half-written
-file (checkpoints, activation shards, frontier files) use `atomic_write`: the bytes go
-to a temporary name beside the target and are renamed into place only when complete,
-so a crash leaves either the old file or the new one, never a torn one.
+Nothing in raysae assumes a local disk. Writers that must never leave a half-written file
+(checkpoints, activation shards, frontier files) use `write_bytes_atomic`: a local file is
+renamed into place when complete, an object store's single upload is atomic by itself, so
+a crash leaves either the old file or the new one, never a torn one.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ import uuid
 from typing import Iterator
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 
 
 def fs_and_path(url: str) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -82,8 +83,16 @@ def read_bytes(url: str) -> bytes:
 
 
 def write_bytes_atomic(url: str, data: bytes) -> None:
-    """Write `data` to `url` so that readers see the old file or the whole new one."""
+    """Write `data` to `url` so that readers see the old file or the whole new one.
+
+    A local file is written under a temporary name and renamed into place. An object store
+    (gs://, s3://, ...) publishes an upload whole, so it is one upload: a temporary object
+    and a move would copy every byte twice there.
+    """
     fs, path = fs_and_path(url)
+    if not isinstance(fs, LocalFileSystem):
+        fs.pipe_file(path, data)
+        return
     parent = os.path.dirname(path)
     if parent:
         fs.makedirs(parent, exist_ok=True)
