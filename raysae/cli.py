@@ -1,6 +1,6 @@
 """`raysae`: the command line, a thin layer over the Python API.
 
-    raysae sweep FILE [--resume] [--set key=value ...] [--address ADDR]
+    raysae sweep FILE [--resume | --resume-if-exists] [--set key=value ...] [--address ADDR]
     raysae cache ...      (raysae/activations/cli.py)
     raysae eval ...       (raysae/evals/cli.py)
 
@@ -52,8 +52,14 @@ def _add_sweep(subparsers) -> None:
         epilog=set_help(SweepConfig), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("file", help="sweep YAML (see sweeps/tiny.yaml), or 'tiny'")
     p.add_argument("--resume", action="store_true",
-                   help="finish an interrupted sweep (Tuner.restore): finished trials are kept, "
-                        "unfinished ones resume from their last checkpoint")
+                   help="finish an interrupted sweep: finished trials are kept, unfinished ones "
+                        "resume from their last checkpoint")
+    p.add_argument("--resume-if-exists", action="store_true",
+                   help="resume the sweep if its storage already holds it, else start it (for "
+                        "retried jobs, e.g. a RayJob's backoffLimit)")
+    p.add_argument("--storage-base", metavar="DIR",
+                   help="directory a relative storage / data.cache_url is relative to (needed "
+                        "for a relative one under `ray job submit`; default: the cwd)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field, e.g. --set train.lr=3e-4 --set widths=[4096,16384]")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local cluster)")
@@ -65,12 +71,14 @@ def _add_sweep(subparsers) -> None:
 def run_sweep_command(args: argparse.Namespace) -> int:
     from raysae import errors
     from raysae.config import load_config
-    from raysae.sweep.prepare import validate
+    from raysae.sweep.prepare import sweep_exists, validate
     from raysae.sweep.spec import SweepConfig
 
     try:
         config = load_config(SweepConfig, sweep_file(args.file), overrides=args.overrides)
+        config = config.resolved(args.storage_base)
         validate(config)
+        resume = args.resume or (args.resume_if_exists and sweep_exists(config))
     except Exception as e:  # noqa: BLE001 - errors.report re-raises what is a bug
         return errors.report("raysae sweep", e)
     if args.check:
@@ -79,14 +87,14 @@ def run_sweep_command(args: argparse.Namespace) -> int:
             "steps " + ", ".join(f"{config.steps_for(w)} at width {w}" for w in config.widths)
         print(f"{args.file}: ok ({config.num_trials()} trials, {each}, results in {config.sweep_url})")
         return 0
-    import ray
-
+    from raysae.connect import connect
     from raysae.sweep.launch import run_sweep
 
-    if args.address:
-        ray.init(address=args.address)
     try:
-        result = run_sweep(config, resume=args.resume, verbose=args.verbose)
+        print(connect(args.address, log_to_driver=args.verbose > 1), flush=True)
+        if resume:
+            print(f"resuming the sweep at {config.sweep_url}", flush=True)
+        result = run_sweep(config, resume=resume, verbose=args.verbose)
     except Exception as e:  # noqa: BLE001 - errors.report re-raises what is a bug
         return errors.report("raysae sweep", e)
     print()

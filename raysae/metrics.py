@@ -36,8 +36,10 @@ TRIAL = "trial"                                # the trial's stable key (sweep.t
 SAE_URL = "sae_url"                            # where the trial saved its SAE
 RESTORED_STEP = "restored_step"                # the step training resumed from (0: fresh)
 PID = "pid"                                    # the trial process (or JAX process 0's) pid
+NODE = "node_id"                               # the Ray node the trial process ran on
 PROCESSES = "processes"                        # JAX processes of the trial
 DEVICES = "devices"                            # devices of its mesh
+DEVICE_ENV = "device_env"                      # {var: value}: the device variables it ran with
 
 # The shared stream's counters (raysae.stream.BatchStream.metrics).
 STREAM_START = "stream/start"                  # the global index the trial's stream opened at

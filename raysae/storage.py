@@ -29,15 +29,22 @@ def is_local(url: str) -> bool:
     return "://" not in url or url.startswith("file://")
 
 
-def absolute(url: str) -> str:
+def absolute(url: str, base: str | None = None) -> str:
     """`url` with a relative local path made absolute (other URLs unchanged).
 
     Ray workers (Tune trials, Data tasks) run in their own working directories, so any local
     path handed to them must not depend on the driver's cwd.
+
+    Args:
+        url: a path or URL.
+        base: the directory a relative path is relative to (default: the cwd).
     """
     if "://" in url:
         return url
-    return os.path.abspath(os.path.expanduser(url))
+    url = os.path.expanduser(url)
+    if base is not None and not os.path.isabs(url):
+        return absolute(join(base, url))
+    return os.path.abspath(url)
 
 
 def join(url: str, *parts: str) -> str:

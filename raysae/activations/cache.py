@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import sys
 import time
 import uuid
@@ -24,10 +25,13 @@ from raysae.activations import pipeline, shuffle, sources
 from raysae.activations.config import DATA_FIELDS, CacheConfig
 from raysae.activations.progress import Progress
 from raysae.config import ConfigError, to_dict
+from raysae.connect import connect
 from raysae.data.normalize import estimate_norm_scalar
 from raysae.data.shards import MANIFEST, Manifest, ShardError, ShardInfo, read_shard, write_shard
 from raysae.lm.source import ModelSource
 from raysae.sites import SAESite
+
+log = logging.getLogger(__name__)
 
 JOURNAL = "progress.json"
 
@@ -257,7 +261,7 @@ def plan_cache(config: CacheConfig, files: list | None = None, lm=None) -> Cache
     lm = lm or source.config(config.model_layers)
     files = files if files is not None else sources.resolve_inputs(config)
     if not ray.is_initialized():
-        ray.init()
+        log.info(connect())
     tokens, docs = pipeline.tokenize_files(files, config, source.tokenizer(lm), lm)
     if config.max_tokens is not None:
         keep = np.cumsum((tokens != lm.pad_id).sum(1)) <= config.max_tokens

@@ -48,7 +48,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
                    help="override any CacheConfig field (value parsed as YAML)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a cache at the output that was made by a different config")
-    p.add_argument("--address", help="Ray cluster address (default: start a local one)")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a private "
+                                     "local cluster)")
 
 
 def cache_config(args: argparse.Namespace) -> CacheConfig:
@@ -64,10 +65,9 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         config = cache_config(args)
-        if args.address:
-            import ray
+        from raysae.connect import connect
 
-            ray.init(address=args.address)
+        print(connect(args.address), flush=True)
         summary = build_cache(config, overwrite=args.overwrite)
     except Exception as e:  # noqa: BLE001 - errors.report re-raises what is a bug
         return errors.report("raysae cache", e)

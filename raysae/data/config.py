@@ -46,6 +46,9 @@ class StreamConfig:
                                       # (or consumer_timeout_s passed): trials start unevenly
     max_restarts: int = -1            # broker restarts (-1: unlimited)
     spread: bool = False              # place brokers on different nodes (one per node)
+    broker_resources: dict[str, float] = dataclasses.field(default_factory=dict)
+                                      # custom Ray resources a broker needs, e.g. {data: 0.01}
+                                      # to keep brokers on the nodes that advertise `data`
     object_store_fraction: float = 0.5  # rings must fit in this share of a node's store
     prefault_object_store: bool = True  # brokers pre-fault their view of the store at start
 
@@ -72,6 +75,9 @@ class StreamConfig:
               f"must be >= 0, got {self.expect_consumers}")
         check(self.max_restarts >= -1, "max_restarts",
               f"must be >= -1, got {self.max_restarts}")
+        for k, v in self.broker_resources.items():
+            check(isinstance(v, (int, float)) and v > 0, f"broker_resources.{k}",
+                  f"must be a number > 0, got {v!r}")
         check(0 < self.object_store_fraction <= 1, "object_store_fraction",
               f"must be in (0, 1], got {self.object_store_fraction}")
 

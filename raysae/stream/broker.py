@@ -280,7 +280,8 @@ def start_brokers(manifest_url: str, batch_size: int, config: StreamConfig | Non
     for b in range(config.num_brokers):
         opts: dict[str, Any] = dict(
             name=actor_name(name, b), get_if_exists=True, max_restarts=config.max_restarts,
-            max_task_retries=0, max_concurrency=_MAX_CONCURRENCY, num_cpus=num_cpus)
+            max_task_retries=0, max_concurrency=_MAX_CONCURRENCY, num_cpus=num_cpus,
+            resources=dict(config.broker_resources))
         if config.spread:
             opts["scheduling_strategy"] = "SPREAD"
         actors.append(actor_cls.options(**opts).remote(manifest_url, batch_size, config, b, seek))

@@ -22,14 +22,14 @@ from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from raysae import storage
 from raysae.config import ConfigError, to_dict
+from raysae.connect import connect
 from raysae.evals import frontier as frontier_lib
 from raysae.sweep.callbacks import FrontierCallback
-from raysae.sweep.prepare import prepare_data, validate
+from raysae.sweep.prepare import CONFIG_NAME, prepare_data, sweep_exists, validate
 from raysae.sweep.spec import SweepConfig
 from raysae.sweep.trainable import stream_name, train_sae, trial_name
 
 log = logging.getLogger(__name__)
-CONFIG_NAME = "sweep.yaml"
 
 
 class SweepError(RuntimeError):
@@ -161,7 +161,7 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, param_space_extra: d
     storage_path, storage_fs = storage.pyarrow_filesystem(config.storage)
     exp_path = storage.join(storage_path, config.name) if storage_fs is None else \
         f"{storage_path.rstrip('/')}/{config.name}"
-    has_sweep = storage.exists(storage.join(sweep_url, CONFIG_NAME))
+    has_sweep = sweep_exists(config)
     if resume and not has_sweep:
         raise ConfigError(f"--resume: no sweep to resume at {sweep_url}")
     if not resume and has_sweep:
@@ -170,7 +170,7 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, param_space_extra: d
     if search_alg is not None or scheduler is not None:
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     if not ray.is_initialized():
-        ray.init(log_to_driver=verbose > 1)
+        log.info(connect(log_to_driver=verbose > 1))
     manifests = prepare_data(config)
     storage.write_bytes_atomic(storage.join(sweep_url, CONFIG_NAME),
                                yaml.safe_dump(to_dict(config), sort_keys=False).encode())

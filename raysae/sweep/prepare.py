@@ -9,6 +9,7 @@ whose manifest matches the job is reused, so a second sweep or `--resume` costs 
 
 from __future__ import annotations
 
+import threading
 import uuid
 
 from raysae import storage
@@ -18,6 +19,13 @@ from raysae.data.shards import Manifest, ShardError
 from raysae.lm.source import ModelSource
 from raysae.sites import SAESite
 from raysae.sweep.spec import SweepConfig
+
+CONFIG_NAME = "sweep.yaml"  # written when a sweep starts: the mark that storage holds it
+
+
+def sweep_exists(config: SweepConfig) -> bool:
+    """Whether the sweep's storage already holds this sweep (so it can be resumed)."""
+    return storage.exists(storage.join(config.sweep_url, CONFIG_NAME))
 
 
 def manifest_url(config: SweepConfig, site: SAESite | str) -> str:
@@ -39,6 +47,7 @@ def cache_config(config: SweepConfig) -> CacheConfig:
                              model=config.model)
 
 
+PROBE_TIMEOUT_S = 30.0  # for storage to accept a probe write at --check
 MAX_STATE_BYTES = 64 * 2**40  # an SAE's params + Adam state beyond this fits no TPU pod
 
 
@@ -51,13 +60,27 @@ def _check_widths(config: SweepConfig, d_in: int, d_out: int) -> None:
                               f"{MAX_STATE_BYTES // 2**40} TiB)")
 
 
-def check_writable(url: str, field: str) -> None:
-    """ConfigError naming `field` unless a probe file can be written and removed under `url`."""
+def check_writable(url: str, field: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
+    """ConfigError naming `field` unless a probe file can be written and removed under `url`
+    within `timeout_s` (a storage client retrying an unreachable host would take minutes)."""
     probe = storage.join(url, f".raysae-probe-{uuid.uuid4().hex[:8]}")
-    try:
-        storage.write_bytes_atomic(probe, b"")
-        storage.remove(probe)
-    except Exception as e:  # noqa: BLE001 - any backend's failure (DNS, auth, quota) is the answer
+    failure: list[BaseException] = []
+
+    def attempt() -> None:
+        try:
+            storage.write_bytes_atomic(probe, b"")
+            storage.remove(probe)
+        except BaseException as e:  # noqa: BLE001 - any backend's failure (DNS, auth, quota)
+            failure.append(e)
+
+    worker = threading.Thread(target=attempt, daemon=True, name="storage-probe")
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        raise ConfigError(f"{field}: {url} did not answer within {timeout_s:g} s "
+                          "(unreachable host, or no credentials?)")
+    if failure:
+        e = failure[0]
         first = (str(e).strip().splitlines() or [""])[0][:200]
         raise ConfigError(f"{field}: {url} is not writable ({type(e).__name__}: {first})") from None
 

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import Literal
 
 from raysae import storage
 from raysae.activations.config import CacheOptions, STDLIB, parse_sites
-from raysae.config import check, load_yaml
+from raysae.config import ConfigError, check, load_yaml
+from raysae.connect import under_ray_job
 from raysae.data.config import StreamConfig
 from raysae.evals.config import EvalConfig
 from raysae.lm.source import TINY, ModelSource
@@ -96,6 +98,9 @@ class FinalEvalSpec:
               f"must be >= 1, got {self.activation_batches}")
 
 
+GPU_SHARE_USABLE = 0.9  # of a fractional trial's share of GPU memory, what its JAX may take
+
+
 @dataclasses.dataclass(frozen=True)
 class ResourcesSpec:
     """What one trial gets. Its SAE trains on a mesh over all its devices; with `hosts` > 1
@@ -115,6 +120,17 @@ class ResourcesSpec:
         check(self.model_axis >= 1, "resources.model_axis", f"must be >= 1, got {self.model_axis}")
         check((self.tpu_topology is None) == (self.tpu_accelerator is None), "resources.tpu_topology",
               "set tpu_topology and tpu_accelerator together")
+
+    def jax_env(self) -> dict[str, str]:
+        """Environment for a trial's JAX, set before its backend starts.
+
+        JAX preallocates 75% of a GPU per process, so of several trials sharing a GPU
+        (`gpus` < 1) all but the first would fail: each gets `gpus` x 0.9 of the memory
+        (the rest is left for the CUDA contexts). Whole-GPU trials keep preallocation."""
+        if 0 < self.gpus < 1 and self.tpu_topology is None:
+            return {"XLA_PYTHON_CLIENT_PREALLOCATE": "true",
+                    "XLA_PYTHON_CLIENT_MEM_FRACTION": f"{self.gpus * GPU_SHARE_USABLE:.3f}"}
+        return {}
 
     @property
     def multi_process(self) -> bool:
@@ -200,15 +216,36 @@ class SweepConfig:
         return self.train.with_(width=int(width), steps=self.steps_for(width),
                                 sparsity_coefficient=float(sparsity_coefficient), **extra)
 
-    def resolved(self) -> "SweepConfig":
-        """A copy with relative local paths made absolute (trials run in other directories)."""
+    def resolved(self, storage_base: str | None = None) -> "SweepConfig":
+        """A copy with relative local paths made absolute (trials run in other directories).
+
+        Args:
+            storage_base: the directory a relative `storage` / `data.cache_url` (where results
+                are written) is relative to; inputs stay relative to the cwd. Default: the cwd,
+                except under `ray job submit`, whose cwd is Ray's temporary copy of the working
+                dir (deleted with the job): there a relative output path is an error.
+        Raises:
+            ConfigError naming the field.
+        """
         def fix(url: str | None) -> str | None:
             return url if url is None or url == STDLIB else storage.absolute(url)
 
+        def output(field: str, url: str | None) -> str | None:
+            if url is None or "://" in url or os.path.isabs(os.path.expanduser(url)):
+                return None if url is None else storage.absolute(url)
+            if storage_base is None and under_ray_job():
+                raise ConfigError(
+                    f"{field}: {url!r} is relative, and under `ray job submit` it would land "
+                    f"in Ray's temporary copy of the working dir ({os.getcwd()}); give an "
+                    f"absolute path or a URL (--set {field}=gs://...), or --storage-base DIR")
+            return storage.absolute(url, storage_base)
+
+        out = output("storage", self.storage)
         data = dataclasses.replace(self.data, manifest=fix(self.data.manifest),
-                                   text=fix(self.data.text), cache_url=fix(self.data.cache_url))
+                                   text=fix(self.data.text),
+                                   cache_url=output("data.cache_url", self.data.cache_url))
         final_eval = dataclasses.replace(self.final_eval, text=fix(self.final_eval.text))
-        return dataclasses.replace(self, storage=storage.absolute(self.storage),
+        return dataclasses.replace(self, storage=out,
                                    model=ModelSource(self.model).absolute().spec,
                                    data=data, final_eval=final_eval)
 

@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 
+import ray
 from ray import tune
 
 from raysae import metrics as names
@@ -77,8 +78,8 @@ def join_position(plan: TrialPlan) -> int:
 
 
 def tune_report(metrics: dict, checkpoint_url: str | None = None) -> None:
-    """`tune.report` with the trial's process id, and a pointer to `checkpoint_url`."""
-    row = {**metrics, names.PID: os.getpid()}
+    """`tune.report` with the trial's process and node, and a pointer to `checkpoint_url`."""
+    row = {**metrics, names.PID: os.getpid(), names.NODE: ray.get_runtime_context().get_node_id()}
     if checkpoint_url is None:
         tune.report(row)
         return

@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from typing import Protocol
 
 import jax
@@ -75,6 +76,7 @@ def run_trial(plan: TrialPlan, report: Reporter) -> dict:
     from raysae.sweep.evaluate import final_evaluation
     from raysae.train import train
 
+    device_env = set_device_env(plan.sweep.resources.jax_env())
     manifest = Manifest.load(plan.manifest_url)
     source = data_source(plan, jax.process_index())
     tc = plan.train
@@ -100,7 +102,8 @@ def run_trial(plan: TrialPlan, report: Reporter) -> dict:
                    on_start=lambda step, position: started.update({names.RESTORED_STEP: step}))
     final = dict(result.history[-1]) if result.history else {}
     final.update({names.STEP: result.steps, names.PROCESSES: jax.process_count(),
-                  names.DEVICES: jax.device_count(), names.TRIAL: plan.trial_id})
+                  names.DEVICES: jax.device_count(), names.TRIAL: plan.trial_id,
+                  names.DEVICE_ENV: device_env})
     if jax.process_index() == 0:
         save_sae(plan, manifest, result)  # before evaluating: a failed eval loses nothing
         if plan.sweep.final_eval.enabled:
@@ -113,6 +116,24 @@ def run_trial(plan: TrialPlan, report: Reporter) -> dict:
         # Written last: its presence means "this trial is complete".
         storage.write_bytes_atomic(plan.result_url, json.dumps({**final, **extras()}).encode())
     return final
+
+
+DEVICE_VARS = ("CUDA_VISIBLE_DEVICES", "XLA_PYTHON_CLIENT_PREALLOCATE",
+               "XLA_PYTHON_CLIENT_MEM_FRACTION", "TPU_VISIBLE_CHIPS")
+
+
+def set_device_env(env: dict[str, str]) -> dict[str, str]:
+    """Put `env` in this process's environment before JAX starts its backend; returns the
+    device variables the trial runs with (for its result)."""
+    from jax._src import xla_bridge
+
+    stale = [k for k, v in env.items() if os.environ.get(k) != v]
+    if stale and xla_bridge.backends_are_initialized():
+        log.warning("JAX's backend started before %s could be set; this trial keeps %s",
+                    ", ".join(stale), {k: os.environ.get(k) for k in stale})
+    else:
+        os.environ.update(env)
+    return {k: os.environ[k] for k in DEVICE_VARS if k in os.environ}
 
 
 def save_sae(plan: TrialPlan, manifest: Manifest, result) -> None:

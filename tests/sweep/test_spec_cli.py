@@ -162,6 +162,30 @@ def test_resolved_makes_only_local_relative_paths_absolute(tmp_path, monkeypatch
     assert storage.absolute("file:///x/y") == "file:///x/y"
 
 
+def test_outputs_under_a_ray_job_need_an_absolute_path_or_a_storage_base(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", "{}")  # what Ray's job supervisor sets
+    spec = {"storage": "runs", "model": "ckpt", "data": {"text": "in/*.txt", "cache_url": "c"}}
+    with pytest.raises(ConfigError, match=r"^storage: 'runs' is relative.*--storage-base"):
+        from_dict(SweepConfig, spec).resolved()
+    c = from_dict(SweepConfig, spec).resolved(storage_base="/home/me")
+    assert c.storage == "/home/me/runs" and c.data.cache_url == "/home/me/c"
+    # inputs travel with the job's working dir: relative to the cwd
+    assert c.data.text == str(tmp_path / "in/*.txt") and c.model == str(tmp_path / "ckpt")
+    ok = from_dict(SweepConfig, {**spec, "storage": "gs://b/s", "data": {"text": "x"}}).resolved()
+    assert ok.storage == "gs://b/s"
+    with pytest.raises(ConfigError, match=r"^data.cache_url: 'c' is relative"):
+        from_dict(SweepConfig, {**spec, "storage": "/abs"}).resolved()
+
+
+def test_fractional_gpu_trials_get_a_share_of_jax_memory():
+    from raysae.sweep.spec import ResourcesSpec
+
+    assert ResourcesSpec(gpus=0.25).jax_env() == {"XLA_PYTHON_CLIENT_PREALLOCATE": "true",
+                                                  "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.225"}
+    assert ResourcesSpec(gpus=1).jax_env() == {} and ResourcesSpec(gpus=0).jax_env() == {}
+
+
 def test_the_cache_section_is_typed_and_derived(tmp_path):
     c = from_dict(SweepConfig, {"storage": str(tmp_path), "name": "n", "sites": ["res:1", "transcoder:2"],
                                 "data": {"text": "python-stdlib",
@@ -184,3 +208,15 @@ def test_a_recipe_is_chosen_in_the_sweep_and_derived_per_trial(sweep_yaml):
     assert load_sweep(sweep_file("tiny")).train.recipe == "small-budget"
     paper = load_sweep(str(sweep_yaml)).trial_train_config(64, 0.01, "res:1")
     assert (paper.recipe, paper.bandwidth, paper.decoder_unit_norm) == ("gemma-scope", 0.001, True)
+
+
+def test_storage_that_never_answers_fails_check_in_one_line_naming_the_field(monkeypatch):
+    import time as time_
+
+    from raysae.sweep import prepare
+
+    monkeypatch.setattr(prepare.storage, "write_bytes_atomic", lambda *a: time_.sleep(5))
+    t = time_.perf_counter()
+    with pytest.raises(ConfigError, match=r"^storage: gs://b/s did not answer within 0.2 s"):
+        prepare.check_writable("gs://b/s", "storage", timeout_s=0.2)
+    assert time_.perf_counter() - t < 2

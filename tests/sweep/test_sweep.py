@@ -38,7 +38,9 @@ os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_
 @pytest.fixture(scope="module")
 def cluster():
     os.environ["RAY_DEDUP_LOGS"] = "0"
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # one logical GPU (none is here): fractional-GPU trials are scheduled and get their env
+    ray.init(address="local", num_cpus=2, num_gpus=1, include_dashboard=False,
+             log_to_driver=False)
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 
@@ -68,10 +70,15 @@ def final_results(result):
 
 
 def test_sweep_end_to_end(cluster, tmp_path):
-    config = from_dict(SweepConfig, spec(tmp_path, "e2e"))
+    # two trials share the (logical) GPU: each JAX may take 0.5 x 0.9 of its memory
+    config = from_dict(SweepConfig, spec(tmp_path, "e2e", resources__gpus=0.5))
     result = run_sweep(config, verbose=0)
     finals = final_results(result)
     assert len(finals) == 6 and all(r.error is None for r in result.results)
+    for m in finals.values():
+        env = m["device_env"]
+        assert env["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.450", env
+        assert env["XLA_PYTHON_CLIENT_PREALLOCATE"] == "true" and env["CUDA_VISIBLE_DEVICES"] == "0"
     assert {(m["config"]["width"], m["config"]["sparsity_coefficient"]) for m in finals.values()} == \
         {(w, l) for w in (64, 128) for l in (0.003, 0.03, 0.3)}
     for m in finals.values():
