@@ -49,7 +49,7 @@ def main() -> None:
     ap.add_argument("--consumers", default="1,2")
     args = ap.parse_args()
 
-    store = 2 * args.buffer * args.batch * args.d * 4 + 200 * 2**20
+    store = 3 * args.buffer * args.batch * args.d * 4 + 200 * 2**20  # rings fit in half
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 1, "resources": {"data": 1}, "object_store_memory": store,
         "include_dashboard": False})
