@@ -64,7 +64,9 @@ def _add_sweep(subparsers) -> None:
                    help="override a field, e.g. --set train.lr=3e-4 --set widths=[4096,16384]")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or a local cluster)")
     p.add_argument("--check", action="store_true", help="validate the file and exit")
-    p.add_argument("-v", "--verbose", type=int, default=1, help="Tune verbosity 0-3 (default 1)")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="more output: -v adds Tune's progress, -vv its trial details and the "
+                        "workers' logs (default: raysae's events and live progress only)")
     p.set_defaults(_run=run_sweep_command)
 
 

@@ -31,13 +31,19 @@ def connect(address: str | None = None, *, log_to_driver: bool = False, **init_k
     Returns:
         One line saying which cluster this process runs on.
     """
+    import logging
+
     import ray
 
+    if not log_to_driver:  # this line replaces Ray's own start-up lines
+        init_kwargs.setdefault("logging_level", logging.WARNING)
+        logging.getLogger("ray._private.authentication").setLevel(logging.ERROR)
     if ray.is_initialized():
         return f"ray: using the cluster this process is already connected to ({_size()})"
     address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
-        ray.init(address=address, log_to_driver=log_to_driver)
+        ray.init(address=address, log_to_driver=log_to_driver,
+                 logging_level=init_kwargs.get("logging_level", logging.INFO))
         return f"ray: joined the cluster at {address} ({_size()})"
     ctx = ray.init(address="local", log_to_driver=log_to_driver, **init_kwargs)
     _reap_with_this_process()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from raysae.data import Manifest, write_shard
@@ -21,3 +23,26 @@ def write_cache(url: str, site: str = "res:1", d: int = 32, shards: int = 2, row
              total_rows=rows * shards, tokens=rows * shards, norm_scalar=norm_scalar,
              shards=infos).save(url)
     return url
+
+
+def read_events(directory: str) -> dict[str, list[tuple[int, float]]]:
+    """Scalars of the TensorBoard event files in `directory` (not its subdirectories):
+    tag -> [(step, value)].
+    (TFRecord framing: u64 length, u32 crc, the Event proto, u32 crc.)"""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    out: dict[str, list[tuple[int, float]]] = {}
+    for root, files in [(directory, os.listdir(directory))]:
+        for name in sorted(f for f in files if "tfevents" in f):
+            data = open(os.path.join(root, name), "rb").read()
+            i = 0
+            while i + 12 <= len(data):
+                (n,) = struct.unpack("<Q", data[i:i + 8])
+                event = event_pb2.Event.FromString(data[i + 12:i + 12 + n])
+                i += 12 + n + 4
+                for v in event.summary.value:
+                    if v.HasField("simple_value"):
+                        out.setdefault(v.tag, []).append((event.step, v.simple_value))
+    return out

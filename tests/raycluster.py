@@ -53,7 +53,7 @@ def client_env(token: str, **extra: str) -> dict:
 @contextlib.contextmanager
 def head_node(num_cpus: int = 2):
     temp_dir = tempfile.mkdtemp(prefix="/tmp/rs-")  # short: Ray's socket paths have a length cap
-    gcs, dash, client, nm, om, agent, agent_grpc, rte, metrics, w0 = free_ports(10)
+    gcs, dash, client, nm, om, agent, agent_grpc, rte, metrics, *workers = free_ports(9 + 32)
     token = secrets.token_hex(16)
     env = client_env(token)
     cmd = [f"{BIN}/ray", "start", "--head", f"--num-cpus={num_cpus}", f"--temp-dir={temp_dir}",
@@ -62,10 +62,13 @@ def head_node(num_cpus: int = 2):
            f"--node-manager-port={nm}", f"--object-manager-port={om}",
            f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
            f"--runtime-env-agent-port={rte}", f"--metrics-export-port={metrics}",
-           f"--min-worker-port={w0}", f"--max-worker-port={w0 + 40}",
+           f"--worker-port-list={','.join(map(str, workers))}",
            "--object-store-memory=300000000", "--disable-usage-stats"]
     before = {p.pid for p in psutil.process_iter()}
-    subprocess.run(cmd, env=env, check=True, capture_output=True, timeout=120)
+    started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    if started.returncode:
+        _kill_cluster(temp_dir, before)
+        raise RuntimeError(f"ray start failed: {started.stdout[-2000:]} {started.stderr[-2000:]}")
     try:
         yield Head(f"127.0.0.1:{gcs}", f"http://127.0.0.1:{dash}", env, temp_dir)
     finally:

@@ -219,7 +219,8 @@ def build_cache(config: CacheConfig, overwrite: bool = False) -> CacheSummary:
         def write_here(k, key, rows):
             return write_shard(urls[key], k, rows, config.dtype)
 
-    bar = Progress(len(todo), enabled=config.progress)
+    todo_tokens = sum(int((tokens[plan.sequences(k)] != lm.pad_id).sum()) for k in todo)
+    bar = Progress(todo_tokens, len(todo), enabled=config.progress)
     for res in pipeline.build_shards(config, tokens, plan, dict(todo), write_here):
         for key, info in res["infos"].items():
             journals[key][res["shard"]] = info
@@ -231,7 +232,7 @@ def build_cache(config: CacheConfig, overwrite: bool = False) -> CacheSummary:
         summary.lm_s += res["lm_s"]
         summary.shuffle_s += res["shuffle_s"]
         summary.write_s += res["write_s"]
-        bar.update(summary.tokens, summary.bytes)
+        bar.update(res["tokens"], summary.bytes)
     bar.close()
 
     n_tokens = int((tokens[plan.order] != lm.pad_id).sum())

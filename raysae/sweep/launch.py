@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import ray
 import yaml
 from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.search.basic_variant import BasicVariantGenerator
 
 from raysae import storage
@@ -25,6 +26,7 @@ from raysae.config import ConfigError, to_dict
 from raysae.connect import connect
 from raysae.evals import frontier as frontier_lib
 from raysae.sweep.callbacks import FrontierCallback
+from raysae.sweep.progress import SweepProgress
 from raysae.sweep.prepare import CONFIG_NAME, prepare_data, sweep_exists, validate
 from raysae.sweep.spec import SweepConfig
 from raysae.sweep.trainable import stream_name, train_sae, trial_name
@@ -86,12 +88,23 @@ def num_samples(config: SweepConfig, searcher: bool) -> int:
 
 
 def _trainable(config: SweepConfig, manifests: dict[str, str], searched: bool):
-    fn = tune.with_parameters(train_sae, sweep=config, manifests=manifests,
-                              searched=searched)
+    fn = tune.with_parameters(train_sae, sweep=config, manifests=manifests, searched=searched)
     r = config.resources
     if r.multi_process:  # the trial only drives a JaxTrainer job; its workers hold the devices
-        return tune.with_resources(fn, {"cpu": 1})
-    return tune.with_resources(fn, {"cpu": r.cpus, "gpu": r.gpus})
+        return named_trials(tune.with_resources(fn, {"cpu": 1}))
+    return named_trials(tune.with_resources(fn, {"cpu": r.cpus, "gpu": r.gpus}))
+
+
+def named_trials(fn):
+    """The function trainable as a class whose actors the Ray dashboard lists by trial:
+    `SAETrial(res_2-w256-l0.001)` rather than Tune's anonymous `ImplicitFunc`."""
+    from ray.tune.trainable.function_trainable import wrap_function
+
+    class SAETrial(wrap_function(fn)):
+        def __repr__(self):  # Ray takes an actor's dashboard name from its repr
+            return f"SAETrial({self.trial_name})"
+
+    return SAETrial
 
 
 def _max_concurrent(config: SweepConfig) -> int:
@@ -133,9 +146,31 @@ def _check_param_space(extra: dict | None) -> None:
                               f"(one of {', '.join(sorted(known))})")
 
 
+def _quiet_tune(verbose: int) -> None:
+    """Tune and Ray Data print boxes, bars and INFO lines; raysae's display replaces them."""
+    # The trials write TensorBoard events by optimiser step themselves: no Tune TBX logger
+    # (its x axis is the report count), and CSV / JSON loggers are passed explicitly.
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
+    if verbose == 0:
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # the new engine prints at verbose 0
+        for name in ("ray.tune", "ray.train"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # e.g. "progress bars disabled"
+        from ray.data import DataContext
+
+        DataContext.get_current().enable_progress_bars = False
+
+
+def _display(config: SweepConfig, progress: bool) -> list:
+    if not progress:
+        return []
+    return [SweepProgress(config.num_trials(), steps_of=lambda c: config.steps_for(c["width"]),
+                          name_of=trial_name, batch_size=config.train.batch_size)]
+
+
 def run_sweep(config: SweepConfig, *, resume: bool = False, param_space_extra: dict | None = None,
               search_alg=None, scheduler=None, callbacks: Sequence = (),
-              verbose: int = 1) -> SweepResult:
+              verbose: int = 0, progress: bool = True) -> SweepResult:
     """Run (or with `resume`, finish) the sweep.
 
     Args:
@@ -147,7 +182,9 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, param_space_extra: d
         param_space_extra: Tune search-space entries merged over the sweep's axes.
         search_alg, scheduler: a Tune searcher / scheduler.
         callbacks: more Tune callbacks.
-        verbose: Tune's verbosity.
+        verbose: 0: raysae's own lines only (Tune and Ray quiet); 1: Tune's progress output
+            too; 2: Tune's per-trial details and the workers' logs as well.
+        progress: print events and a live progress display (`raysae.sweep.progress`).
     Returns:
         A `SweepResult` (the Tune ResultGrid and the frontier rows).
     Raises:
@@ -169,13 +206,17 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, param_space_extra: d
                           "it, or choose another name or storage")
     if search_alg is not None or scheduler is not None:
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+    _quiet_tune(verbose)
     if not ray.is_initialized():
         log.info(connect(log_to_driver=verbose > 1))
-    manifests = prepare_data(config)
+    shown = _display(config, progress)
+    manifests = prepare_data(config, say=shown[0].say if shown else None)
     storage.write_bytes_atomic(storage.join(sweep_url, CONFIG_NAME),
                                yaml.safe_dump(to_dict(config), sort_keys=False).encode())
     brokers = _start_brokers(config, manifests, resume) if config.shared_stream else []
     trainable = _trainable(config, manifests, search_alg is not None)
+    frontier_cb = FrontierCallback(sweep_url, searched=search_alg is not None,
+                                   on_written=shown[0].frontier_written if shown else None)
     try:
         if resume and search_alg is not None and tune.Tuner.can_restore(
                 exp_path, storage_filesystem=storage_fs):
@@ -203,7 +244,7 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, param_space_extra: d
                                                       fail_fast=config.failure.fail_fast),
                     checkpoint_config=tune.CheckpointConfig(
                         num_to_keep=config.train.keep_checkpoints),
-                    callbacks=[FrontierCallback(sweep_url, searched=search_alg is not None),
+                    callbacks=[*shown, frontier_cb, CSVLoggerCallback(), JsonLoggerCallback(),
                                *callbacks],
                     verbose=verbose))
         try:

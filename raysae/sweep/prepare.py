@@ -137,11 +137,21 @@ def validate(config: SweepConfig) -> None:
                               f"cache at {url} has parts {m.parts}")
 
 
-def prepare_data(config: SweepConfig) -> dict[str, str]:
-    """{site: manifest URL}, running the (idempotent) caching job first for text sweeps."""
-    if config.data.text is not None:
-        from raysae.activations.cache import cache_activations
+def prepare_data(config: SweepConfig, say=None) -> dict[str, str]:
+    """{site: manifest URL}, running the (idempotent) caching job first for text sweeps.
 
-        urls = cache_activations(cache_config(config))
-        return {s: urls[str(SAESite.parse(s))] for s in config.sites}
-    return {s: manifest_url(config, s) for s in config.sites}
+    Args:
+        config: the sweep.
+        say: called with one line per site (cache reused or made).
+    """
+    if config.data.text is None:
+        return {s: manifest_url(config, s) for s in config.sites}
+    from raysae.activations.cache import build_cache
+
+    if say is not None:
+        say(f"cache    {', '.join(config.sites)}: checking {cache_root(config)}")
+    summary = build_cache(cache_config(config))
+    urls = summary.manifests
+    if say is not None:
+        say(f"cache    {summary.line()}")
+    return {s: urls[str(SAESite.parse(s))] for s in config.sites}

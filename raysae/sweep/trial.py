@@ -25,6 +25,7 @@ from raysae.config import to_dict
 from raysae.data.local import LocalSource
 from raysae.data.shards import Manifest
 from raysae.sites import SAESite
+from raysae.sweep.board import TrialBoard, board_url
 from raysae.sweep.spec import SweepConfig
 from raysae.train.config import TrainConfig
 
@@ -86,10 +87,17 @@ def run_trial(plan: TrialPlan, report: Reporter) -> dict:
     def extras() -> dict:  # the step training resumed from and the shared stream's counters
         return {**started, **(source.metrics() if hasattr(source, "metrics") else {})}
 
+    board = TrialBoard(board_url(plan.sweep.sweep_url, plan.trial_id)) \
+        if jax.process_index() == 0 else None
+
     def on_metrics(step: int, row: dict) -> None:
+        if board is not None:
+            board.scalars(step, {**row, **extras()})
         report({**row, **extras()}, pending.pop() if pending else None)
 
     def on_checkpoint(url: str, step: int) -> None:
+        if board is not None:
+            board.sync()
         pending[:] = [url]
         if step % tc.log_every and step < tc.steps:  # not riding on a metrics report
             report({names.STEP: step, names.TOKENS: step * tc.batch_size, **extras()},
@@ -111,6 +119,13 @@ def run_trial(plan: TrialPlan, report: Reporter) -> dict:
         if "gemma-scope" in plan.sweep.final_eval.formats:
             save_release_copy(plan, result.folded, final.get(names.EVAL_L0, final.get(names.L0)))
         final[names.SAE_URL] = plan.sae_url
+        board.scalars(result.steps, {k: v for k, v in final.items() if k.startswith("eval/")})
+        board.hparams({"site": plan.site, "width": tc.width,
+                       "sparsity_coefficient": tc.sparsity_coefficient, "lr": tc.lr,
+                       "batch_size": tc.batch_size, "recipe": tc.recipe, "steps": tc.steps},
+                      {k: v for k, v in final.items() if k.startswith("eval/")} or
+                      {names.L0: final.get(names.L0), names.FVU: final.get(names.FVU)})
+        board.close()
     report({**final, **extras()}, pending.pop() if pending else None)
     if jax.process_index() == 0:
         # Written last: its presence means "this trial is complete".

@@ -73,6 +73,12 @@ def test_a_sweep_submitted_as_a_job_lands_where_asked_and_resumes(head, tmp_path
     sweep = out / "runs" / "job"
     (row,) = read_frontier(str(sweep))
     assert row["status"] == "done" and row["sae_url"].startswith(str(sweep))
+    # the dashboard (state API) lists the trial's actor by the trial's name
+    actors = subprocess.run([f"{BIN}/ray", "list", "actors", "--address", head.gcs,
+                             "--detail", "--format", "json", "--limit", "1000"],
+                            env=head.env, capture_output=True, text=True, timeout=120)
+    names = {a["repr_name"] for a in json.loads(actors.stdout)}
+    assert "SAETrial(res_1-w64-l0.01)" in names, actors.stdout[-2000:] + actors.stderr[-2000:]
     done = (sweep / "saes").rglob("result.json")
     (result,) = list(done)
     before = result.read_bytes()

@@ -27,7 +27,7 @@ from raysae.sweep import SweepConfig
 from raysae.sweep.launch import run_sweep
 from raysae.sweep.pointer import read_pointer
 from raysae.train import latest_checkpoint, load_checkpoint
-from tests.helpers import write_cache
+from tests.helpers import read_events, write_cache
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 # Tests checkpoint every few steps; real sweeps do so minutes apart. Keep Tune's
@@ -129,11 +129,14 @@ def test_sweep_end_to_end(cluster, tmp_path):
         assert ck.norm_scalar == pytest.approx(1.3)
         # joined the live stream at some batch and trained on the 60 after it
         assert ck.step == 60 and ck.data_position == r.metrics["stream/start"] + 60
-    # TensorBoard event files per trial (Tune's TBX logger)
-    trial_dirs = [d for d in os.listdir(result.sweep_url) if d.startswith("res_1-")]
-    assert len(trial_dirs) == 6
-    assert all(any(f.startswith("events.out.tfevents") for f in os.listdir(os.path.join(result.sweep_url, d)))
-               for d in trial_dirs)
+    # TensorBoard: each trial's own events, by optimiser step, under <sweep>/tensorboard/<trial>
+    for tid, m in finals.items():
+        events = read_events(os.path.join(result.sweep_url, "tensorboard", tid))
+        assert [s for s, _ in events["l0"]] == list(range(10, 61, 10))  # log_every=10, 60 steps
+        assert events["tokens"][-1] == (60, 60 * 256)
+        assert events["eval/fvu"] == [(60, pytest.approx(m["eval/fvu"], rel=1e-6))]
+        hparams = os.listdir(os.path.join(result.sweep_url, "tensorboard", tid, "hparams"))
+        assert any("tfevents" in f for f in hparams)  # the HPARAMS tab's run
 
 
 def test_killed_trial_restarts_from_its_checkpoint(cluster, tmp_path):
@@ -192,7 +195,7 @@ def test_killed_driver_resumes_without_rerunning_finished_trials(cluster, tmp_pa
     path = tmp_path / "resume.yaml"
     path.write_text(yaml.safe_dump(data))
     sweep_url = str(tmp_path / "runs" / "resume")
-    cmd = [sys.executable, "-m", "raysae.cli", "sweep", str(path), "--address", cluster, "-v", "0"]
+    cmd = [sys.executable, "-m", "raysae.cli", "sweep", str(path), "--address", cluster]
     driver = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 600
     while time.time() < deadline and not _done_rows(sweep_url):

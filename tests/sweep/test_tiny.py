@@ -19,7 +19,7 @@ def test_tiny_sweep_end_to_end(tmp_path, capsys):
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        code = main(["sweep", "tiny", "-v", "0", "--set", f"storage={tmp_path}",
+        code = main(["sweep", "tiny", "--set", f"storage={tmp_path}",
                      "--set", "tokens=32768", "--set", "data.cache.max_tokens=60000",
                      "--set", "eval.num_sequences=8"])
     finally:
@@ -54,7 +54,7 @@ def test_transcoder_sweep_end_to_end(tmp_path, capsys):
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        code = main(["sweep", "tiny", "-v", "0", "--set", f"storage={tmp_path}",
+        code = main(["sweep", "tiny", "--set", f"storage={tmp_path}",
                      "--set", "name=tc", "--set", "sites=[transcoder:1]", "--set", "widths=[256]",
                      "--set", "sparsity.grid=[0.003]", "--set", "tokens=16384",
                      "--set", "data.cache.max_tokens=30000", "--set", "eval.num_sequences=4"])
