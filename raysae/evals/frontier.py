@@ -5,7 +5,8 @@ A sweep trains many SAEs that trade sparsity (L0, lower is sparser) against fide
 better). The useful ones are the non-dominated ones: no other SAE of the same site and
 width is at least as good on both axes and better on one. This module computes that set
 per (site, width) and writes it as ``frontier.csv``, ``frontier.json`` and
-``frontier.png`` (every trial, frontier points joined, colour by width) under the sweep's
+``frontier.png`` / ``frontier.svg`` (every trial on log L0 axes, frontier points joined
+and labelled with λ, colour and marker by width; `raysae.evals.style`) under the sweep's
 directory, each file atomically (a reader never sees a torn file).
 
 Pure numpy + matplotlib, no Ray: the sweep's Tune callback (raysae/sweep/callbacks.py)
@@ -27,12 +28,14 @@ import numpy as np
 
 from raysae import metrics as names
 from raysae import storage
+from raysae.evals import style
 
 AXES = (names.DELTA_LOSS, names.FVU)   # the fidelity axes, each against l0
 COLUMNS = ("trial", "site", "width", "sparsity_coefficient", "status", "step", names.L0,
            names.FVU, names.DELTA_LOSS, names.MSE, "frontier_delta_loss", "frontier_fvu",
            names.SAE_URL)
-CSV_NAME, JSON_NAME, PNG_NAME = "frontier.csv", "frontier.json", "frontier.png"
+CSV_NAME, JSON_NAME, PNG_NAME, SVG_NAME = ("frontier.csv", "frontier.json", "frontier.png",
+                                           "frontier.svg")
 
 
 def make_row(**fields: Any) -> dict:
@@ -112,53 +115,111 @@ def to_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def plot(rows: list[dict]) -> bytes:
-    """PNG: per site, L0 vs delta loss and L0 vs FVU; all trials, frontier joined, colour by width."""
-    import matplotlib
+_YLABEL = {names.DELTA_LOSS: "Δ LM loss (nats)", names.FVU: "FVU (fraction of variance unexplained)"}
+_SHORT = {names.DELTA_LOSS: "Δ LM loss", names.FVU: "FVU"}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
+def figure(rows: list[dict], title: str | None = None):
+    """The frontier figure (matplotlib): one row of panels per site, L0 vs delta loss and
+    L0 vs FVU; per width one colour and marker, frontier points joined by a line and
+    labelled with λ, dominated points lighter. L0 is log-scaled when positive, a fidelity
+    axis when its values span more than a decade (`style.set_scale`).
+
+    Args:
+        rows: frontier rows (flags from `frontier_rows`).
+        title: the sweep's name, shown above the panels.
+    Returns:
+        A `matplotlib.figure.Figure` (close it with `style.close`).
+    """
+    plt = style.pyplot()
     sites = sorted({str(r.get("site")) for r in rows}) or ["(no trials yet)"]
     widths = sorted({int(r.get("width", 0)) for r in rows})
-    cmap = plt.get_cmap("viridis", max(len(widths), 2))
-    colour = {w: cmap(i) for i, w in enumerate(widths)}
-    fig, axes = plt.subplots(len(sites), 2, figsize=(10, 3.8 * len(sites)), squeeze=False)
+    look = {w: style.series_style(i) for i, w in enumerate(widths)}
+    fig, axes = plt.subplots(len(sites), 2, figsize=(11, 4.4 * len(sites)), squeeze=False,
+                             layout="constrained")
     for si, site in enumerate(sites):
         for ai, axis in enumerate(AXES):
             ax = axes[si][ai]
+            style.style_axes(ax)
+            here = [r for r in rows if str(r.get("site")) == site
+                    and _finite(r.get("l0")) and _finite(r.get(axis))]
+            # L0 spans decades in real sweeps: log whenever it is positive (as the paper plots it)
+            style.set_scale(ax, "x", [r["l0"] for r in here], ratio=1.0)
+            style.set_scale(ax, "y", [r[axis] for r in here])
             for w in widths:
-                pts = [r for r in rows if str(r.get("site")) == site and int(r.get("width", 0)) == w
-                       and _finite(r.get("l0")) and _finite(r.get(axis))]
+                pts = [r for r in here if int(r.get("width", 0)) == w]
                 if not pts:
                     continue
-                ax.scatter([p["l0"] for p in pts], [p[axis] for p in pts], color=colour[w],
-                           alpha=0.35, s=22)
                 front = sorted((p for p in pts if p.get(f"frontier_{axis}")), key=lambda p: p["l0"])
-                ax.plot([p["l0"] for p in front], [p[axis] for p in front], "o-", color=colour[w],
-                        markersize=6, label=f"width {w}")
+                rest = [p for p in pts if not p.get(f"frontier_{axis}")]
+                c, m = look[w]["color"], look[w]["marker"]
+                ax.plot([p["l0"] for p in front], [p[axis] for p in front], "-", color=c, lw=1.4,
+                        marker=m, markersize=5.5, label=f"width {w:,}", zorder=3)
+                if rest:
+                    ax.scatter([p["l0"] for p in rest], [p[axis] for p in rest], color=c, marker=m,
+                               s=22, alpha=0.3, linewidths=0, zorder=2)
+            # after every series is drawn, so that the labels avoid all markers and lines
+            named = [r for r in here if _finite(r.get("sparsity_coefficient"))]
+            style.label_points(ax, [p["l0"] for p in named], [p[axis] for p in named],
+                               [style.format_lambda(p["sparsity_coefficient"]) for p in named],
+                               colors=[look[int(p.get("width", 0))]["color"] for p in named])
             ax.set_xlabel("L0 (active latents per token)")
-            ax.set_ylabel("delta LM loss (nats)" if axis == "delta_loss" else "FVU")
-            ax.set_title(f"{site}: L0 vs {'delta loss' if axis == 'delta_loss' else 'FVU'}")
-            ax.grid(alpha=0.3)
-            if ax.get_legend_handles_labels()[0]:
-                ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90)
-    plt.close(fig)
-    return buf.getvalue()
+            ax.set_ylabel(_YLABEL[axis])
+            ax.set_title(f"{site}: L0 vs {_SHORT[axis]}", fontsize=10)
+            if not here:
+                ax.text(0.5, 0.5, "no points yet", transform=ax.transAxes, ha="center",
+                        color="0.5")
+    legend = {}   # one legend for the figure: a width looks the same in every panel
+    for ax in axes.flat:
+        for h, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, h)
+    if legend:
+        fig.legend(list(legend.values()), list(legend), loc="outside lower center",
+                   ncols=len(legend), fontsize=9, frameon=False,
+                   title="lines: frontier per width; lighter: dominated; labels: λ (sparsity "
+                         "coefficient)", title_fontsize=8)
+    fig.suptitle(f"{title}: sparsity vs fidelity" if title else "sparsity vs fidelity",
+                 fontsize=12)
+    return fig
 
 
-def write_frontier(directory: str, rows: Iterable[dict], png: bool = True) -> list[dict]:
-    """Compute the flags and write frontier.csv/json(/png) under `directory` (fsspec URL)."""
+def plot(rows: list[dict], title: str | None = None, fmt: str = "png") -> bytes:
+    """The frontier figure (`figure`) as PNG (at `style.DPI`) or SVG bytes (`fmt`: "png"/"svg")."""
+    fig = figure(rows, title)
+    try:
+        return style.render(fig, fmt)
+    finally:
+        style.close(fig)
+
+
+def _sweep_name(directory: str) -> str:
+    return directory.rstrip("/").rsplit("/", 1)[-1]
+
+
+def write_frontier(directory: str, rows: Iterable[dict], png: bool = True,
+                   title: str | None = None) -> list[dict]:
+    """Compute the flags and write frontier.csv/json (and, if `png`, frontier.png/svg).
+
+    Args:
+        directory: the sweep's directory (any fsspec URL).
+        rows: frontier rows (`make_row`).
+        png: also draw the plots (PNG and SVG).
+        title: the plot's title; default the directory's name (the sweep's name).
+    Returns:
+        The rows with their frontier flags.
+    """
     flagged = frontier_rows(rows)
     clean = [{k: _clean(v) for k, v in r.items()} for r in flagged]
     storage.write_bytes_atomic(storage.join(directory, CSV_NAME), to_csv(flagged).encode())
     storage.write_bytes_atomic(storage.join(directory, JSON_NAME),
                                json.dumps({"rows": clean}, indent=1, sort_keys=True).encode())
     if png:
-        storage.write_bytes_atomic(storage.join(directory, PNG_NAME), plot(flagged))
+        fig = figure(flagged, title or _sweep_name(directory))
+        try:
+            for name, fmt in ((PNG_NAME, "png"), (SVG_NAME, "svg")):
+                storage.write_bytes_atomic(storage.join(directory, name), style.render(fig, fmt))
+        finally:
+            style.close(fig)
     return flagged
 
 

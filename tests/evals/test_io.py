@@ -136,8 +136,9 @@ def test_write_and_read_report(model):
     r = evaluate(sae, model, "res:1", texts=TEXTS, config=CFG, sae_name="mem")
     written = write_report(r, "memory://evals-io/report")
     names = {u.rsplit("/", 1)[1] for u in written}
-    assert names == {"eval.json", "frequencies.npy", "frontier_point.png", "per_position.png",
-                     "frequency_histogram.png"}
+    plots = {f"{p}.{ext}" for p in ("frontier_point", "per_position", "frequency_histogram")
+             for ext in ("png", "svg")}
+    assert names == {"eval.json", "frequencies.npy"} | plots
     for u in written:
         if u.endswith(".png"):
             assert storage.read_bytes(u)[:8] == b"\x89PNG\r\n\x1a\n"
