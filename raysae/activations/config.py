@@ -91,7 +91,7 @@ class CacheConfig(CacheOptions):
     inputs: list[str]                      # fsspec URLs / globs of text or token files, or "python-stdlib"
     output: str                            # root URL; each site gets <output>/<site slug>/
     sites: list[str] = dataclasses.field(default_factory=lambda: ["res:0"])  # "res:3", "transcoder:5"
-    model: str = TINY                      # "tiny", a Gemma 2 checkpoint dir URL, or "random:gemma-2-2b"
+    model: str = TINY                      # "tiny", a Hub id (google/gemma-2-2b), a checkpoint dir URL, or "random:gemma-2-2b"
 
     def __post_init__(self):
         super().__post_init__()

@@ -25,8 +25,8 @@ FLAGS = {  # flag dest -> EvalConfig field
 
 def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--sae", required=True, help="params.npz (or a directory with one) or a SAELens dir; any fsspec URL")
-    p.add_argument("--model", default=TINY, help="'tiny' or a Hugging Face Gemma 2 checkpoint dir URL "
-                   "(another checkpoint than the SAE's = transfer eval)")
+    p.add_argument("--model", default=TINY, help="'tiny', a Hub id from the local HF cache (google/gemma-2-2b) or a "
+                   "Gemma 2 checkpoint dir URL (another checkpoint than the SAE's = transfer eval)")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--site", required=True, help="e.g. res:2, attn:0, mlp:3, or transcoder:1")
     src = p.add_mutually_exclusive_group(required=True)

@@ -39,9 +39,11 @@ class LanguageModel:
         return self.params["embed_tokens"].dtype
 
 
-def load_lm(source: str, dtype: str = "float32") -> LanguageModel:
-    """The model named by `source` ("tiny", "random:<preset>" or a Gemma 2 checkpoint dir URL)."""
-    return ModelSource(source).load(dtype)
+def load_lm(source: str, dtype: str = "float32", download: bool = False) -> LanguageModel:
+    """The model named by `source`: "tiny", "random:<preset>", a Hub id ("google/gemma-2-2b",
+    from the local Hugging Face cache; `download` fetches it if missing) or a Gemma 2
+    checkpoint dir URL (`ModelSource`)."""
+    return ModelSource(source, download=download).load(dtype)
 
 
 def load_tokenizer(source: str, config: LMConfig | None = None):
