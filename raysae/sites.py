@@ -148,4 +148,28 @@ class SAESite(NamedTuple):
         return f"{TRANSCODER}:{self.layer}" if self.is_transcoder else str(self.input)
 
 
-__all__ = ["ATTN", "MLP", "RES", "MLP_IN", "RES_MID", "SITE_KINDS", "TRANSCODER", "Site", "SAESite"]
+class SiteMap(dict):
+    """A dict keyed by `Site` that also takes a site's string: ``acts["res:2"]`` is
+    ``acts[Site(2, "res")]`` (what a user types, and what a dict of Sites prints as)."""
+
+    @staticmethod
+    def _site(key):
+        if isinstance(key, str):
+            try:
+                return Site.parse(key)
+            except ConfigError:
+                return key   # not a site: a plain (missing) key
+        return key
+
+    def __getitem__(self, key):
+        return super().__getitem__(self._site(key))
+
+    def __contains__(self, key) -> bool:
+        return super().__contains__(self._site(key))
+
+    def get(self, key, default=None):
+        return super().get(self._site(key), default)
+
+
+__all__ = ["ATTN", "MLP", "RES", "MLP_IN", "RES_MID", "SITE_KINDS", "TRANSCODER", "Site", "SAESite",
+           "SiteMap"]

@@ -33,3 +33,14 @@ def test_sae_sites_and_transcoder_pairs():
         SAESite.parse("bogus:1")
     with pytest.raises(ConfigError, match="transcoder:x"):
         SAESite.parse("transcoder:x")
+
+
+def test_site_map_takes_strings_and_sites():
+    from raysae.sites import Site, SiteMap
+
+    acts = SiteMap({Site(2, "res"): "a", Site(0, "mlp_in"): "b"})
+    assert acts["res:2"] == acts[Site(2, "res")] == "a" and acts.get("mlp_in:0") == "b"
+    assert "res:2" in acts and "res:3" not in acts and acts.get("nonsense") is None
+    with pytest.raises(KeyError):
+        acts["res:3"]
+    assert list(acts) == [Site(2, "res"), Site(0, "mlp_in")]   # keys stay Sites

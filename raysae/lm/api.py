@@ -17,7 +17,7 @@ import jax.numpy as jnp
 
 from raysae.lm.config import LMConfig
 from raysae.config import ConfigError
-from raysae.sites import SAESite, Site
+from raysae.sites import SAESite, Site, SiteMap
 from raysae.lm.model import embed, forward, forward_from, next_token_losses
 from raysae.lm.source import TINY_DIR, ModelSource
 from raysae.lm.tokenizer import ByteTokenizer, HFTokenizer
@@ -139,11 +139,11 @@ def site_activations(model: LanguageModel, tokens, sites: Iterable, attention_ma
         sites: Sites or their strings ("res:2").
         attention_mask: bool [B, T], False at padding (default: all True).
     Returns:
-        {Site: [B, T, site_dim]} in the model's dtype.
+        {Site: [B, T, site_dim]} in the model's dtype, a `SiteMap`: ``acts["res:2"]`` works too.
     """
     sites = tuple(sorted({Site.parse(s).check(model.config.n_layers) for s in sites}))
     tokens, attention_mask = _prep(model, tokens, attention_mask)
-    return _sites_jit(model.params, model.config, tokens, attention_mask, sites)
+    return SiteMap(_sites_jit(model.params, model.config, tokens, attention_mask, sites))
 
 
 def token_losses(model: LanguageModel, tokens, attention_mask=None, splice: Mapping | None = None,

@@ -271,9 +271,13 @@ def start_brokers(manifest_url: str, batch_size: int, config: StreamConfig | Non
     Raises:
         ConfigError when brokers of that name exist with another cache or batch order, or
         the rings would not fit in the object store.
+
+    Starts Ray (RAY_ADDRESS's cluster, or a local one) if this process has not yet.
     """
     config = config or StreamConfig()
     plan = BatchPlan(Manifest.load(manifest_url), batch_size, config)
+    if not ray.is_initialized():   # the object-store check below needs the cluster's nodes
+        ray.init()
     _check_fits(plan, config)
     actor_cls = ray.remote(Broker)
     actors = []
