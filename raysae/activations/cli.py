@@ -37,7 +37,8 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", metavar="URL", help="cache root; each site gets <output>/<site>, e.g. res_3")
     p.add_argument("--site", action="append", metavar="SITE",
                    help="res:L, attn:L, mlp:L, mlp_in:L or transcoder:L (repeatable)")
-    p.add_argument("--model", help="'tiny', a Gemma 2 checkpoint dir URL, or random:<preset>")
+    p.add_argument("--model", help="'tiny', a Hub id from the local HF cache (google/gemma-2-2b), "
+                   "a Gemma 2 checkpoint dir URL, or random:<preset>")
     p.add_argument("--context-length", type=int, help="tokens per sequence, BOS first (default 1024)")
     p.add_argument("--batch-size", type=int, help="sequences per LM forward")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], help="row storage dtype")

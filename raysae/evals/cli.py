@@ -27,7 +27,8 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--sae", required=True, help="params.npz (or a directory with one) or a SAELens dir; any fsspec URL")
     p.add_argument("--model", default=TINY, help="'tiny', a Hub id from the local HF cache (google/gemma-2-2b) or a "
                    "Gemma 2 checkpoint dir URL (another checkpoint than the SAE's = transfer eval)")
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="the LM's weight dtype (default float32)")
     p.add_argument("--site", required=True, help="e.g. res:2, attn:0, mlp:3, or transcoder:1")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--text", action="append", metavar="URL",
@@ -36,15 +37,15 @@ def _configure(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
     p.add_argument("--out", help="directory URL for eval.json, frequencies.npy and PNGs")
     p.add_argument("--config", help="YAML file with EvalConfig fields")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a config field")
-    p.add_argument("--num-sequences", type=int)
-    p.add_argument("--context-length", type=int)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--num-sequences", type=int, help="sequences to evaluate on (default 2048, the paper's)")
+    p.add_argument("--context-length", type=int, help="tokens per sequence, BOS first (default 1024)")
+    p.add_argument("--batch-size", type=int, help="sequences per LM forward")
     p.add_argument("--ablations", help="comma list of zero,mean, or 'none'")
     p.add_argument("--no-r-l0", action="store_true", help="skip r_L0 (saves a backward pass)")
-    p.add_argument("--no-per-position", action="store_true")
+    p.add_argument("--no-per-position", action="store_true", help="skip the per-position FVU / delta loss curves")
     p.add_argument("--no-pack", action="store_true", help="one document per row instead of packing")
-    p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-plots", action="store_true", help="write eval.json and frequencies.npy only (no PNG/SVG)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
     return p
 
 
