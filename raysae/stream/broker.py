@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import gc
+import logging
 import threading
 import time
 from typing import Any, NamedTuple
@@ -32,6 +33,7 @@ from raysae.data.shards import Manifest
 from raysae.stream.prefault import populate_object_store
 from raysae.stream.protocol import BrokerStats, FetchReply, FetchStatus
 
+log = logging.getLogger(__name__)
 _MAX_CONCURRENCY = 64  # fetches long-poll; one in flight per consumer plus control calls
 
 
@@ -272,12 +274,15 @@ def start_brokers(manifest_url: str, batch_size: int, config: StreamConfig | Non
         ConfigError when brokers of that name exist with another cache or batch order, or
         the rings would not fit in the object store.
 
-    Starts Ray (RAY_ADDRESS's cluster, or a local one) if this process has not yet.
+    Connects to Ray (`raysae.connect`: RAY_ADDRESS's cluster, or a private local one) if
+    this process has not yet.
     """
     config = config or StreamConfig()
     plan = BatchPlan(Manifest.load(manifest_url), batch_size, config)
     if not ray.is_initialized():   # the object-store check below needs the cluster's nodes
-        ray.init()
+        from raysae.connect import connect
+
+        log.info(connect())
     _check_fits(plan, config)
     actor_cls = ray.remote(Broker)
     actors = []
