@@ -20,7 +20,7 @@ import numpy as np
 from raysae import storage
 from raysae.data.shards import Manifest, ShardError, ShardInfo
 
-_TODO, _BUSY, _OK, _BAD = 0, 1, 2, 3
+_UNCHECKED, _BUSY, _OK, _BAD = 0, 1, 2, 3
 
 
 def block_error(url: str, info: ShardInfo, block: int) -> ShardError:
@@ -50,7 +50,7 @@ class BlockChecker:
 
     def _blocks(self, shard: int) -> np.ndarray:
         if shard not in self._state:
-            self._state[shard] = np.full(len(self.manifest.shards[shard].crc32), _TODO, np.int8)
+            self._state[shard] = np.full(len(self.manifest.shards[shard].crc32), _UNCHECKED, np.int8)
         return self._state[shard]
 
     def ahead(self, shard: int, arr: np.ndarray) -> None:
@@ -83,7 +83,7 @@ class BlockChecker:
             states = self._blocks(shard)
             while states[block] == _BUSY:
                 self._cond.wait()
-            if states[block] == _TODO:
+            if states[block] == _UNCHECKED:
                 states[block] = _BUSY
                 arr = self._arrays[shard]
             else:
