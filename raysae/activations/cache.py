@@ -262,7 +262,7 @@ def plan_cache(config: CacheConfig, files: list | None = None, lm=None) -> Cache
     lm = lm or source.config(config.model_layers)
     files = files if files is not None else sources.resolve_inputs(config)
     if not ray.is_initialized():
-        log.info(connect())
+        print(connect(), flush=True)  # which cluster the job runs on, said first
     tokens, docs = pipeline.tokenize_files(files, config, source.tokenizer(lm), lm)
     if config.max_tokens is not None:
         keep = np.cumsum((tokens != lm.pad_id).sum(1)) <= config.max_tokens

@@ -10,6 +10,7 @@ A YAML file holds a `CacheConfig`; the flags override it and `--set` overrides a
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from raysae.activations.config import CacheConfig
@@ -66,9 +67,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         config = cache_config(args)
-        from raysae.connect import connect
-
-        print(connect(args.address), flush=True)
+        if args.address:  # the job connects once its inputs and sites check out
+            os.environ["RAY_ADDRESS"] = args.address
         summary = build_cache(config, overwrite=args.overwrite)
     except Exception as e:  # noqa: BLE001 - errors.report re-raises what is a bug
         return errors.report("raysae cache", e)

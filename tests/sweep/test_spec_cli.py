@@ -153,10 +153,10 @@ def test_resolved_makes_only_local_relative_paths_absolute(tmp_path, monkeypatch
     assert c.data.cache_url == os.path.join(str(tmp_path), "cache/x")
     assert c.data.text == "python-stdlib" and c.model == "tiny"
     assert c.final_eval.text == "gs://b/eval/*.txt"
-    c2 = from_dict(SweepConfig, {"storage": "gs://bucket/s", "model": "ckpt/gemma",
+    c2 = from_dict(SweepConfig, {"storage": "gs://bucket/s", "model": "models/ckpt/gemma",
                                  "data": {"manifest": "memory://acts/{site}"}}).resolved()
     assert c2.storage == "gs://bucket/s" and c2.data.manifest == "memory://acts/{site}"
-    assert c2.model == os.path.join(str(tmp_path), "ckpt/gemma")
+    assert c2.model == os.path.join(str(tmp_path), "models/ckpt/gemma")  # org/name alone: a Hub id
     c3 = from_dict(SweepConfig, {"model": "random:gemma-2-2b", "data": {"manifest": "acts"}}).resolved()
     assert c3.model == "random:gemma-2-2b" and c3.data.manifest == os.path.join(str(tmp_path), "acts")
     assert storage.absolute("file:///x/y") == "file:///x/y"
