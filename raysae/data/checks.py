@@ -6,6 +6,7 @@ batch back until the blocks its rows come from are checked, checking them itself
 thread has not got there yet. A mismatch is a `ShardError` naming the shard and the rows,
 so altered or corrupted data is never trained on. zlib's crc32 releases the GIL, so the
 thread runs beside the reader. Caches written before block checksums are not checked.
+Range-read shards (`raysae.data.ranged`) are checked block by block as they are fetched.
 """
 
 from __future__ import annotations
@@ -17,9 +18,17 @@ import zlib
 import numpy as np
 
 from raysae import storage
-from raysae.data.shards import Manifest, ShardError
+from raysae.data.shards import Manifest, ShardError, ShardInfo
 
 _UNCHECKED, _BUSY, _OK, _BAD = 0, 1, 2, 3
+
+
+def block_error(url: str, info: ShardInfo, block: int) -> ShardError:
+    """The error for a block of shard `info` whose rows do not match its crc32."""
+    lo = block * info.block_rows
+    hi = min(info.rows, lo + info.block_rows) - 1
+    return ShardError(f"{storage.join(url, info.name)}: rows {lo}..{hi} do not match "
+                      "the manifest's checksum (corrupted or altered shard)")
 
 
 class BlockChecker:
@@ -89,11 +98,7 @@ class BlockChecker:
                 self.blocks_checked += 1
                 self._cond.notify_all()
         if states[block] == _BAD:
-            info = self.manifest.shards[shard]
-            lo = block * info.block_rows
-            hi = min(info.rows, lo + info.block_rows) - 1
-            raise ShardError(f"{storage.join(self.url, info.name)}: rows {lo}..{hi} do not match "
-                             "the manifest's checksum (corrupted or altered shard)")
+            raise block_error(self.url, self.manifest.shards[shard], block)
 
     def wait(self, shard: int, arr: np.ndarray, lo: int, hi: int) -> None:
         """Return once rows [lo, hi) of `shard` are checked; ShardError if one is bad."""

@@ -7,8 +7,8 @@ A cache directory (any fsspec URL) for one (model, site, layer) holds::
     shard-00001.npy        ...
 
 Plain `.npy` (a 128-byte header, then raw fixed-width rows): a local shard memory-maps
-with no decode, a remote one is one ranged read, and Ray Data reads it with `read_numpy`
-(the formats compared: BENCHMARKS.md).
+with no decode, a remote one is read by byte ranges of rows, and Ray Data reads it with
+`read_numpy` (the formats compared: BENCHMARKS.md).
 
 Rows are `width = d * len(parts)` wide: an SAE cache has parts ["x"]; a transcoder cache
 has parts ["input", "target"], so its input/target pairs are aligned by construction.
@@ -185,15 +185,60 @@ def write_shard(url: str, index: int, rows: np.ndarray, dtype: str = "float32") 
                      crc32=block_checksums(stored, block))
 
 
-def _check_array(arr: np.ndarray, manifest: Manifest, info: ShardInfo, where: str) -> None:
+def _check_layout(dtype: np.dtype, shape: tuple, manifest: Manifest, info: ShardInfo,
+                  where: str) -> None:
     want = storage_dtype(manifest.dtype)
-    if arr.dtype != want:
-        raise ShardError(f"{where}: dtype {arr.dtype} but manifest says {manifest.dtype}")
-    if arr.ndim != 2 or arr.shape[1] != manifest.width:
-        raise ShardError(f"{where}: shape {arr.shape} but manifest d={manifest.d} "
+    if dtype != want:
+        raise ShardError(f"{where}: dtype {dtype} but manifest says {manifest.dtype}")
+    if len(shape) != 2 or shape[1] != manifest.width:
+        raise ShardError(f"{where}: shape {shape} but manifest d={manifest.d} "
                          f"x {len(manifest.parts)} part(s) needs width {manifest.width}")
-    if arr.shape[0] != info.rows:
-        raise ShardError(f"{where}: {arr.shape[0]} rows but manifest lists {info.rows}")
+    if shape[0] != info.rows:
+        raise ShardError(f"{where}: {shape[0]} rows but manifest lists {info.rows}")
+
+
+def _check_size(fs, fpath: str, info: ShardInfo, where: str) -> None:
+    try:
+        size = fs.size(fpath)
+    except FileNotFoundError:
+        raise ShardError(f"{where}: shard listed in the manifest is missing") from None
+    if size != info.bytes:
+        raise ShardError(f"{where}: {size} bytes but the manifest lists {info.bytes} (truncated?)")
+
+
+def data_offset(url: str, manifest: Manifest, info: ShardInfo) -> tuple[int, int]:
+    """Where a shard's rows start, from one small ranged read of its `.npy` header.
+
+    Args:
+        url: the cache directory.
+        manifest: its manifest (dtype and width the header must agree with).
+        info: the shard's entry.
+    Returns:
+        (byte offset of row 0, bytes read). Row r is at offset + r * manifest.row_bytes.
+    Raises:
+        ShardError naming the shard if it is missing, truncated, not an .npy file, or its
+        header disagrees with the manifest on d, dtype or rows.
+    """
+    path = storage.join(url, info.name)
+    fs, fpath = storage.fs_and_path(path)
+    _check_size(fs, fpath, info, path)
+    # the rows fill the end of the file, so the header is whatever comes before them
+    head = info.bytes - info.rows * manifest.row_bytes
+    data = fs.cat_file(fpath, 0, head) if head > 0 else b""
+    buf = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(buf)
+        read = {(1, 0): np.lib.format.read_array_header_1_0,
+                (2, 0): np.lib.format.read_array_header_2_0}.get(version)
+        if read is None:
+            raise ValueError(f"npy format version {version}")
+        shape, fortran, dtype = read(buf)
+    except (ValueError, EOFError, SyntaxError) as e:
+        raise ShardError(f"{path}: not a readable .npy shard ({e})") from None
+    _check_layout(dtype, shape, manifest, info, path)
+    if fortran or buf.tell() != head:
+        raise ShardError(f"{path}: not a C-order .npy shard of the manifest's layout")
+    return head, len(data)
 
 
 def read_shard(url: str, manifest: Manifest, info: ShardInfo, verify: bool = True,
@@ -206,12 +251,7 @@ def read_shard(url: str, manifest: Manifest, info: ShardInfo, verify: bool = Tru
     """
     path = storage.join(url, info.name)
     fs, fpath = storage.fs_and_path(path)
-    try:
-        size = fs.size(fpath)
-    except FileNotFoundError:
-        raise ShardError(f"{path}: shard listed in the manifest is missing") from None
-    if size != info.bytes:
-        raise ShardError(f"{path}: {size} bytes but the manifest lists {info.bytes} (truncated?)")
+    _check_size(fs, fpath, info, path)
     local = fs.protocol in ("file", ("file", "local")) or "file" in fs.protocol
     if mmap and local and not verify:
         arr = np.load(fpath, mmap_mode="r", allow_pickle=False)
@@ -223,7 +263,7 @@ def read_shard(url: str, manifest: Manifest, info: ShardInfo, verify: bool = Tru
             arr = np.load(io.BytesIO(data), allow_pickle=False)
         except ValueError as e:
             raise ShardError(f"{path}: not a readable .npy shard ({e})") from None
-    _check_array(arr, manifest, info, path)
+    _check_layout(arr.dtype, arr.shape, manifest, info, path)
     return decode_rows(arr, manifest.dtype)
 
 
