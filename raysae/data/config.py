@@ -32,7 +32,12 @@ class StreamConfig:
     drop_last: bool = True            # finite epochs: drop each broker's last partial batch
     num_brokers: int = 1              # brokers, each owning a contiguous slice of shards
     # --- reading -----------------------------------------------------------------------
-    reader: Literal["memmap", "ray_data"] = "memmap"  # brokers: memmap, or Ray Data read tasks
+    reader: Literal["memmap", "ray_data"] = "memmap"  # memmap: local shards memory-mapped,
+                                      # remote ones range-read; ray_data: Ray Data read tasks
+    read_ahead_mib: float = 512.0     # memmap reader, remote shards: MiB of fetched rows held
+                                      # ahead of use (the reader's memory bound, any shard
+                                      # size); must hold one batch's blocks (window shuffle:
+                                      # the windows a batch draws from)
     check_blocks: bool = True         # check each block's crc32 (manifest) before its rows are
                                       # used, ahead of use in a background thread
     verify: bool = False              # sha256 every shard on load (reads it all into memory)
@@ -60,6 +65,8 @@ class StreamConfig:
         check(self.num_brokers >= 1, "num_brokers", f"must be >= 1, got {self.num_brokers}")
         check(self.reader in ("memmap", "ray_data"), "reader",
               f"{self.reader!r} is not one of ['memmap', 'ray_data']")
+        check(self.read_ahead_mib > 0, "read_ahead_mib",
+              f"must be > 0 MiB, got {self.read_ahead_mib}")
         check(self.ray_data_prefetch_shards >= 1, "ray_data_prefetch_shards",
               f"must be >= 1, got {self.ray_data_prefetch_shards}")
         check(self.buffer_batches >= 2, "buffer_batches",

@@ -5,9 +5,11 @@ raw: what a broker puts in the object store. With a contiguous plan a batch insi
 shard is a zero-copy view of it; a window shuffle gathers rows into a new array.
 `to_float32` widens stored rows for a trainer (which divides by C itself).
 
-Shards come from a source with `get(shard, upcoming)`: `ShardFiles` here (local shards
-memory-mapped, remote ones read whole through fsspec), or the Ray Data source the brokers
-can use (`raysae.stream.raydata`). Every source counts the bytes it reads (`ReadStats`).
+Rows come from a source (`open_source` picks it): `ShardFiles` here hands out whole shards
+with `get(shard, upcoming)` (local ones memory-mapped; read whole to check their sha256
+with `verify`), `RangedShards` (`raysae.data.ranged`) the spans of remote shards a batch
+needs with `spans(j, gathers)`, read ahead in bounded memory; the brokers can also use Ray
+Data (`raysae.stream.raydata`). Every source counts the bytes it requests (`ReadStats`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import numpy as np
 from raysae import storage
 from raysae.data.checks import BlockChecker
 from raysae.data.plan import BatchPlan
+from raysae.data.ranged import RangedShards
 from raysae.data.shards import Manifest, decode_rows, read_shard, storage_dtype
 
 
@@ -29,6 +32,9 @@ class ReadStats:
     rows_read: int = 0      # rows gathered into batches
     shards_loaded: int = 0  # shard opens / whole-shard reads
     batches: int = 0        # batches built
+    # range reads: most bytes the read-ahead buffer held at once (summed over readers: a
+    # bound on what they held together)
+    buffer_peak_bytes: int = 0
 
     def add(self, other: "ReadStats") -> None:
         for f in dataclasses.fields(self):
@@ -36,7 +42,7 @@ class ReadStats:
 
 
 class ShardFiles:
-    """Shards via `read_shard`: memory maps for local files, whole reads otherwise.
+    """Whole shards via `read_shard`: memory maps for local files, whole reads otherwise.
 
     Args:
         url: the cache directory.
@@ -77,6 +83,24 @@ class ShardFiles:
         self._cache.clear()
 
 
+def open_source(url: str, manifest: Manifest, plan: BatchPlan, broker: int, stats: ReadStats):
+    """The shards of `reader="memmap"`: local ones memory-mapped, remote ones range-read
+    (`RangedShards`), or read whole where `verify` checks every shard's sha256.
+
+    Args:
+        url: the cache directory.
+        manifest: its manifest.
+        plan: the batch order (range reads follow it ahead of use).
+        broker: whose slice.
+        stats: where the bytes requested are counted.
+    Returns:
+        A `ShardFiles` or a `RangedShards`.
+    """
+    if storage.is_local(url) or plan.config.verify:
+        return ShardFiles(url, manifest, plan.config.verify, stats)
+    return RangedShards(url, manifest, plan, broker, stats)
+
+
 class SliceReader:
     """Builds the batches of one broker's slice of shards.
 
@@ -85,17 +109,20 @@ class SliceReader:
         manifest: its manifest.
         plan: the batch order.
         broker: which slice.
-        source: where shards come from (default `ShardFiles`, verifying per `plan.config`).
+        source: where rows come from (default `open_source`).
     """
 
     def __init__(self, url: str, manifest: Manifest, plan: BatchPlan, broker: int, source=None):
         self.url, self.manifest, self.plan, self.broker = url, manifest, plan, broker
         if source is None:
-            source = ShardFiles(url, manifest, plan.config.verify, ReadStats())
+            source = open_source(url, manifest, plan, broker, ReadStats())
         self.source = source
         self.stats = source.stats
         self.stored = storage_dtype(manifest.dtype)
-        self.checker = BlockChecker(url, manifest) if plan.config.check_blocks else None
+        # a ranged source checks the blocks it fetches itself
+        self.ranged = getattr(source, "ranged", False)
+        check = plan.config.check_blocks and not self.ranged
+        self.checker = BlockChecker(url, manifest) if check else None
 
     def _upcoming(self, epoch: int, shard: int) -> list[int]:
         """Shards after `shard` in read order (rest of this epoch, then the next)."""
@@ -122,23 +149,25 @@ class SliceReader:
         gathers = self.plan.batch_rows(self.broker, j)
         n = sum(len(g.rows) for g in gathers)
         epoch = j * self.plan.batch_size // self.plan.slice_rows[self.broker]
+        # per gather: (stored rows base.. of its shard, checked; base)
+        if self.ranged:
+            spans = self.source.spans(j, gathers)
+        else:
+            spans = [(self._checked(g, self._shard(g.shard, epoch)), 0) for g in gathers]
         contiguous = self.plan.contiguous
         if contiguous and len(gathers) == 1:  # the fast path: a view of the shard
-            g = gathers[0]
-            arr = self._shard(g.shard, epoch)
-            self._checked(g, arr)
-            out = arr[g.rows[0]:g.rows[0] + n]
+            (arr, base), g = spans[0], gathers[0]
+            out = arr[g.rows[0] - base:g.rows[0] - base + n]
         else:
             out = np.empty((n, self.manifest.width), dtype=self.stored)
-            for g in gathers:
-                arr = self._shard(g.shard, epoch)
-                self._checked(g, arr)
+            for g, (arr, base) in zip(gathers, spans):
                 if contiguous:  # straddles shards: one slice copy per shard
-                    out[g.out[0]:g.out[0] + len(g.rows)] = arr[g.rows[0]:g.rows[0] + len(g.rows)]
+                    lo = g.rows[0] - base
+                    out[g.out[0]:g.out[0] + len(g.rows)] = arr[lo:lo + len(g.rows)]
                 elif len(gathers) == 1:  # window shuffle, one shard: gather in place
-                    np.take(arr, g.rows, axis=0, out=out)
+                    np.take(arr, g.rows - base if base else g.rows, axis=0, out=out)
                 else:
-                    out[g.out] = arr[g.rows]
+                    out[g.out] = arr[g.rows - base]
         for g in gathers:
             self.source.gathered(len(g.rows))
         out.flags.writeable = False  # a view of a cached shard must never be written
@@ -146,10 +175,11 @@ class SliceReader:
         self.stats.batches += 1
         return out
 
-    def _checked(self, gather, arr: np.ndarray) -> None:
-        """Hold the batch until the blocks its rows come from match the manifest."""
+    def _checked(self, gather, arr: np.ndarray) -> np.ndarray:
+        """`arr`, once the blocks the gather's rows come from match the manifest."""
         if self.checker is not None:
             self.checker.wait(gather.shard, arr, int(gather.rows.min()), int(gather.rows.max()) + 1)
+        return arr
 
     def close(self) -> None:
         close = getattr(self.source, "close", None)

@@ -28,7 +28,7 @@ import ray
 from raysae.config import ConfigError, check
 from raysae.data.config import StreamConfig
 from raysae.data.plan import BatchPlan
-from raysae.data.reader import ReadStats, ShardFiles, SliceReader
+from raysae.data.reader import ReadStats, SliceReader, open_source
 from raysae.data.shards import Manifest
 from raysae.stream.prefault import populate_object_store
 from raysae.stream.protocol import BrokerStats, FetchReply, FetchStatus
@@ -54,13 +54,14 @@ class BrokerHandle(NamedTuple):
         return BatchPlan(manifest or Manifest.load(self.manifest_url), self.batch_size, self.config)
 
 
-def shard_source(url: str, manifest: Manifest, config: StreamConfig, stats: ReadStats):
-    """Where a broker's reader gets shards: memory maps / fsspec, or Ray Data read tasks."""
-    if config.reader == "ray_data":
+def shard_source(url: str, manifest: Manifest, plan: BatchPlan, broker: int, stats: ReadStats):
+    """Where a broker's reader gets rows: memory maps / range reads (`open_source`), or Ray
+    Data read tasks."""
+    if plan.config.reader == "ray_data":
         from raysae.stream.raydata import RayDataShards
 
-        return RayDataShards(url, manifest, config, stats)
-    return ShardFiles(url, manifest, config.verify, stats)
+        return RayDataShards(url, manifest, plan.config, stats)
+    return open_source(url, manifest, plan, broker, stats)
 
 
 class Broker:
@@ -73,7 +74,8 @@ class Broker:
         manifest = Manifest.load(manifest_url)
         self.plan = BatchPlan(manifest, batch_size, config)
         self.reader = SliceReader(manifest_url, manifest, self.plan, broker,
-                                  shard_source(manifest_url, manifest, config, ReadStats()))
+                                  shard_source(manifest_url, manifest, self.plan, broker,
+                                               ReadStats()))
         self.K = config.buffer_batches
         self.ring: dict[int, Any] = {}
         self.consumers: dict[str, list] = {}  # id -> [ack (local index), last seen]
@@ -227,7 +229,8 @@ class Broker:
                 prefaulted_bytes=self.prefaulted, wait_s=self.times["wait_s"],
                 build_s=self.times["build_s"], put_s=self.times["put_s"],
                 error=repr(self.error) if self.error else None, first_batch=self.first_batch,
-                expect_consumers=self.config.expect_consumers)
+                expect_consumers=self.config.expect_consumers,
+                read_ahead_peak_bytes=r.buffer_peak_bytes)
 
     def pid(self) -> int:
         import os

@@ -39,3 +39,4 @@ class BrokerStats(NamedTuple):
     error: str | None
     first_batch: int | None = None   # the first local batch the producer put
     expect_consumers: int = 0        # consumers it holds its first ring for
+    read_ahead_peak_bytes: int = 0   # range reads: most bytes its read-ahead buffer held

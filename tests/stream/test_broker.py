@@ -234,7 +234,7 @@ def _slice_rows(url, cfg, batch_size=16):
     stats = ReadStats()
     out = []
     for b in range(cfg.num_brokers):
-        reader = SliceReader(url, m, plan, b, shard_source(url, m, cfg, stats))
+        reader = SliceReader(url, m, plan, b, shard_source(url, m, plan, b, stats))
         out += [np.asarray(reader.rows(j)) for j in range(plan.broker_batches[b])]
         reader.close()
     return out, stats, m
