@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/stream.py [--d 2304] [--shards 8] [--rows 8192] [--epochs 16]
                                      [--consumers 1,2,4,8] [--batch 4096] [--buffer 16]
-                                     [--modes contiguous,window]
+                                     [--modes contiguous,window] [--no-gs]
+                                     [--gs-shards 2] [--gs-epochs 4] [--read-ahead-mib 64]
 
 Writes a synthetic float32 cache (Gemma 2 2B residual width by default) to a temp dir,
 then, in one run:
@@ -12,7 +13,13 @@ then, in one run:
 4. brokers -> N consumers (Ray tasks, `ray.get` zero copy) in each mode, N in
    --consumers: GB/s per consumer and aggregate, and bytes the brokers read from storage /
    dataset bytes;
-5. N consumers each reading their own copy with `LocalStream` (the no-sharing baseline).
+5. N consumers each reading their own copy with `LocalStream` (the no-sharing baseline);
+6. unless --no-gs, the same reads from gs:// (a GCS emulator on loopback, `tests/gcs.py`):
+   a whole-shard download (what readers did before range reads), `LocalStream` and a broker
+   -> 1 consumer by range reads with `read_ahead_mib` = --read-ahead-mib, each as a ratio to
+   the memmap read above, with the reader's read-ahead high-water mark vs the shard size.
+   Its cache has --gs-shards shards of 2 x --rows rows; the emulator (a Python HTTP server
+   on the same cores) bounds these figures, not the reader.
 Modes: `contiguous` = shuffle_window 0 (a batch is a slice of one shard, put zero copy),
 `window` = shuffle_window 4 x batch (rows gathered one by one). Batches are raw (the
 trainer divides by C on its device); a float32 batch is the object store's buffer.
@@ -24,7 +31,9 @@ Prints markdown tables.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import sys
 import tempfile
 import time
 
@@ -88,6 +97,52 @@ def own_copy_consumer(url, batch, cfg):
     return n, t, s.stats.bytes_read
 
 
+def gs_rows(args, raw: float, config) -> None:
+    """Step 6: the gs:// rows (module docstring), printed as a markdown table."""
+    from raysae import storage
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from tests.gcs import BUCKET
+
+    local = tempfile.mkdtemp(prefix="raysae-bench-stream-gs-")
+    m, _ = write_synthetic_cache(local, [2 * args.rows] * args.gs_shards, d=args.d,
+                                 norm_scalar=3.0)
+    url = f"gs://{BUCKET}/bench/cache"
+    t = time.perf_counter()
+    for name in storage.listdir(local):
+        storage.write_bytes_atomic(storage.join(url, name), storage.read_bytes(storage.join(local, name)))
+    up = time.perf_counter() - t
+    shard = m.shards[0].bytes
+    t = time.perf_counter()
+    whole = storage.read_bytes(storage.join(url, m.shards[0].name))
+    whole_gbps = gbps(len(whole), time.perf_counter() - t)
+    del whole
+    data = sum(s.rows for s in m.shards) * m.row_bytes
+    ring = 4
+    cfg = config("contiguous", read_ahead_mib=args.read_ahead_mib, buffer_batches=ring,
+                 block_batches=2, epochs=args.gs_epochs)
+    s = LocalStream(url, args.batch, cfg)
+    n, secs = timed(s, 0)
+    local_row = (gbps(n, secs), s.stats.buffer_peak_bytes, s.stats.bytes_read)
+    s.close()
+    h = start_brokers(url, args.batch, cfg, name="bench-gs")
+    (n, secs), = ray.get([shared_consumer.remote(h, "c0", ring)])
+    st = ray.get(h.actors[0].stats.remote())
+    stop_brokers(h)
+    broker_row = (gbps(n, secs), st.read_ahead_peak_bytes, st.bytes_read)
+    print(f"\ngs:// (GCS emulator on loopback): {args.gs_shards} shards x {2 * args.rows} rows = "
+          f"{shard / 2**20:.0f} MiB per shard, {data / 1e9:.2f} GB, uploaded in {up:.1f} s; "
+          f"contiguous, {args.gs_epochs} epochs, read_ahead_mib={args.read_ahead_mib:g}\n")
+    print("| path | GB/s | vs local memmap | read-ahead high-water | vs shard size | "
+          "read amplification |\n|---|---:|---:|---:|---:|---:|")
+    print(f"| gs:// whole-shard download (`fs.cat_file`, the old path) | {whole_gbps:.2f} | "
+          f"{whole_gbps / raw:.3f}x | {shard / 2**20:.0f} MiB (the shard) | 1.00x | - |")
+    for name, (v, peak, read) in (("`LocalStream`, 1 process, range reads", local_row),
+                                  ("broker -> 1 consumer, range reads", broker_row)):
+        print(f"| {name} | {v:.2f} | {v / raw:.3f}x | {peak / 2**20:.1f} MiB | "
+              f"{peak / shard:.2f}x | {read / (args.gs_epochs * data):.3f}x |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--d", type=int, default=2304)
@@ -107,13 +162,31 @@ def main() -> None:
                     help="brokers don't pre-fault their own view of the object store")
     ap.add_argument("--no-check-blocks", action="store_true",
                     help="don't check the shards' block checksums (on by default)")
+    ap.add_argument("--no-gs", action="store_true", help="skip the gs:// rows (step 6)")
+    ap.add_argument("--gs-shards", type=int, default=2)
+    ap.add_argument("--gs-epochs", type=int, default=4)
+    ap.add_argument("--read-ahead-mib", type=float, default=64.0,
+                    help="gs:// rows: StreamConfig.read_ahead_mib (below the shard size)")
     args = ap.parse_args()
     modes = args.modes.split(",")
+    with contextlib.ExitStack() as stack:
+        env = {}
+        if not args.no_gs:  # before ray.init: the brokers need the emulator's address too
+            sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+            from tests.gcs import emulator
+
+            env = stack.enter_context(emulator())
+        stack.callback(ray.shutdown)
+        run(args, modes, env)
+
+
+def run(args, modes: list[str], env: dict) -> None:
     # Pre-faulting plasma memory at start-up (Ray's preallocate_plasma_memory) makes ray.put a
     # plain memcpy instead of a page-fault-bound copy: ~2x put throughput measured here.
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              object_store_memory=int(args.object_store_gib * 2**30),
-             _system_config={"preallocate_plasma_memory": not args.no_preallocate})
+             _system_config={"preallocate_plasma_memory": not args.no_preallocate},
+             runtime_env={"env_vars": env})
     ray.data.DataContext.get_current().enable_progress_bars = False
     url = tempfile.mkdtemp(prefix="raysae-bench-stream-")
     m, _ = write_synthetic_cache(url, [args.rows] * args.shards, d=args.d, norm_scalar=3.0)
@@ -121,10 +194,11 @@ def main() -> None:
 
     def config(mode: str, **kw) -> StreamConfig:
         window = MODES[mode]
-        return StreamConfig(epochs=args.epochs, buffer_batches=args.buffer,
-                            shuffle_window=4 * args.batch if window is None else window,
-                            num_brokers=args.brokers, check_blocks=not args.no_check_blocks,
-                            prefault_object_store=not args.no_prefault, **kw)
+        base = dict(epochs=args.epochs, buffer_batches=args.buffer,
+                    shuffle_window=4 * args.batch if window is None else window,
+                    num_brokers=args.brokers, check_blocks=not args.no_check_blocks,
+                    prefault_object_store=not args.no_prefault)
+        return StreamConfig(**{**base, **kw})
 
     print(f"cache: {args.shards} shards x {args.rows} rows x d={args.d} float32 = "
           f"{data_bytes / 1e9:.2f} GB; batch {args.batch} ({args.batch * m.row_bytes / 2**20:.0f} MiB)"
@@ -160,7 +234,8 @@ def main() -> None:
             own_read = sum(r for _, _, r in own)
             print(f"| {mode} | {N} | {per:.2f} ({per / raw:.2f}x memmap) | {agg:.2f} | "
                   f"{read / ep:.2f}x | {own_per:.2f} | {own_read / ep:.2f}x |")
-    ray.shutdown()
+    if not args.no_gs:
+        gs_rows(args, raw, config)
 
 
 if __name__ == "__main__":
