@@ -50,6 +50,10 @@ class RangedShards:
         self.url, self.manifest, self.plan, self.broker, self.stats = url, manifest, plan, broker, stats
         self.fs, self.root = storage.fs_and_path(url)
         self.limit = int(plan.config.read_ahead_mib * 2**20)
+        # Plan no further ahead than the bound could hold distinct batches: when every block
+        # is already wanted (a cache smaller than the bound) admission never waits, and an
+        # endless stream would otherwise be planned forever.
+        self.horizon = max(1, self.limit // max(1, plan.stored_batch_bytes))
         self.check = plan.config.check_blocks
         self.stored = storage_dtype(manifest.dtype)
         self._offsets: dict[int, int] = {}        # shard -> byte offset of row 0 (fetch thread)
@@ -191,7 +195,8 @@ class RangedShards:
             if self._staged is not None and self._admit():
                 continue
             if (self._staged is None and self._error is None and len(self._pending) < _GROUP
-                    and self._next is not None and self.plan.has(self.broker, self._next)):
+                    and self._next is not None and self.plan.has(self.broker, self._next)
+                    and self._next - (self._cursor or 0) < self.horizon):
                 self._next += 1
                 return "plan", self._gen, self._next - 1
             if self._pending:

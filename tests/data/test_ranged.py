@@ -132,6 +132,28 @@ def test_read_ahead_runs_ahead_of_the_reader(remote):
     s.close()
 
 
+def test_an_endless_stream_of_a_cache_smaller_than_the_bound_plans_only_so_far_ahead(remote):
+    # every block fits in the bound, so admission never waits: without a horizon the fetch
+    # thread planned an endless stream (epochs: null) forever, holding the GIL
+    url, murl, m, _ = remote
+    s = LocalStream(murl, 16, config(num_brokers=1, epochs=None, read_ahead_mib=1.0))
+    for _ in range(3):
+        next(s)
+    src = s.reader(0).source
+    time.sleep(0.5)
+    planned = src._next
+    assert src.horizon == 2**20 // (16 * m.row_bytes)
+    assert planned - src._cursor <= src.horizon
+    time.sleep(0.3)
+    assert src._next == planned            # idle until the reader moves on
+    next(s)
+    deadline = time.monotonic() + 5
+    while src._next == planned and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert src._next == planned + 1
+    s.close()
+
+
 @pytest.mark.parametrize("window", [0, 24])
 def test_a_corrupted_byte_in_a_remote_shard_is_named(remote, window):
     url, murl, m, _ = remote
