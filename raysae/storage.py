@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import threading
 import uuid
 from typing import Iterator
 
@@ -124,6 +125,41 @@ def atomic_write(url: str) -> Iterator[io.BytesIO]:
 def is_temp_name(name: str) -> bool:
     """True for the temporary files `atomic_write` leaves behind when killed mid-write."""
     return ".tmp-" in name
+
+
+def unwritable_reason(url: str, timeout_s: float = 30.0) -> str | None:
+    """Why `url` cannot take writes, or None: a probe file is written and removed under it.
+
+    The probe runs in a thread given `timeout_s`, because a storage client retrying an
+    unreachable host would take minutes. Callers turn the reason into their own error naming
+    their field.
+
+    Args:
+        url: a directory URL (created if needed, as any writer would).
+        timeout_s: how long storage may take to answer.
+    Returns:
+        None if writable; else a one-line reason (the exception's type and first line).
+    """
+    probe = join(url, f".raysae-probe-{uuid.uuid4().hex[:8]}")
+    failure: list[BaseException] = []
+
+    def attempt() -> None:
+        try:
+            write_bytes_atomic(probe, b"")
+            remove(probe)
+        except BaseException as e:  # noqa: BLE001 - any backend's failure (DNS, auth, quota)
+            failure.append(e)
+
+    worker = threading.Thread(target=attempt, daemon=True, name="storage-probe")
+    worker.start()
+    worker.join(timeout_s)
+    if worker.is_alive():
+        return f"did not answer within {timeout_s:g} s (unreachable host, or no credentials?)"
+    if failure:
+        e = failure[0]
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        return f"is not writable ({type(e).__name__}: {first})"
+    return None
 
 
 def pyarrow_filesystem(url: str):

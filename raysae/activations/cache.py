@@ -15,7 +15,6 @@ import json
 import logging
 import sys
 import time
-import uuid
 from typing import NamedTuple
 
 import numpy as np
@@ -116,12 +115,9 @@ def cache_activations(config: CacheConfig, overwrite: bool = False) -> dict[str,
 
 
 def _check_writable(url: str) -> None:
-    probe = storage.join(url, f".write-probe-{uuid.uuid4().hex[:8]}")
-    try:
-        storage.write_bytes_atomic(probe, b"")
-        storage.remove(probe)
-    except (OSError, PermissionError, ValueError) as e:
-        raise CacheError(f"output: {url}: not writable ({type(e).__name__}: {e})") from None
+    reason = storage.unwritable_reason(url)
+    if reason is not None:
+        raise CacheError(f"output: {url} {reason}")
 
 
 def _site_dims(config: CacheConfig, lm) -> dict[str, tuple[int, list[str]]]:

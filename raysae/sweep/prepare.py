@@ -9,8 +9,6 @@ whose manifest matches the job is reused, so a second sweep or `--resume` costs 
 
 from __future__ import annotations
 
-import threading
-import uuid
 
 from raysae import storage
 from raysae.activations.config import CacheConfig
@@ -61,28 +59,10 @@ def _check_widths(config: SweepConfig, d_in: int, d_out: int) -> None:
 
 
 def check_writable(url: str, field: str, timeout_s: float = PROBE_TIMEOUT_S) -> None:
-    """ConfigError naming `field` unless a probe file can be written and removed under `url`
-    within `timeout_s` (a storage client retrying an unreachable host would take minutes)."""
-    probe = storage.join(url, f".raysae-probe-{uuid.uuid4().hex[:8]}")
-    failure: list[BaseException] = []
-
-    def attempt() -> None:
-        try:
-            storage.write_bytes_atomic(probe, b"")
-            storage.remove(probe)
-        except BaseException as e:  # noqa: BLE001 - any backend's failure (DNS, auth, quota)
-            failure.append(e)
-
-    worker = threading.Thread(target=attempt, daemon=True, name="storage-probe")
-    worker.start()
-    worker.join(timeout_s)
-    if worker.is_alive():
-        raise ConfigError(f"{field}: {url} did not answer within {timeout_s:g} s "
-                          "(unreachable host, or no credentials?)")
-    if failure:
-        e = failure[0]
-        first = (str(e).strip().splitlines() or [""])[0][:200]
-        raise ConfigError(f"{field}: {url} is not writable ({type(e).__name__}: {first})") from None
+    """ConfigError naming `field` unless storage takes a probe write under `url` in `timeout_s`."""
+    reason = storage.unwritable_reason(url, timeout_s)
+    if reason is not None:
+        raise ConfigError(f"{field}: {url} {reason}")
 
 
 def validate(config: SweepConfig) -> None:
