@@ -4,6 +4,8 @@
     python bench/step.py --preset gpu         # d ∈ {2304, 3584}, M ∈ {16K, 64K, 128K}, B = 4096,
                                               # fp32 and bf16, MFU, largest width that fits
     python bench/step.py --d 2304 --width 65536 --batch 4096 --dtypes bfloat16 --peak-tflops 989
+    python bench/step.py --memory             # optimiser-state bytes, optax Adam vs β₁ = 0 state,
+                                              # and the largest width per device memory size
 
 A step does 12·B·d·M FLOPs (encoder and decoder matmuls, 2·B·d·M each, forward + two
 backward). Every figure is a ratio within this run: the step's FLOP/s over the dense
@@ -119,6 +121,65 @@ def bench_step(d: int, M: int, B: int, dtype: str, iters: int, *, mesh_shape=Non
             "peak_bytes": peak, "peak_kind": peak_kind}
 
 
+MEMORY_D, MEMORY_M = (2304, 3584), (16384, 131072, 1048576)
+DEVICE_MEMORY = (("TPU v3 core, 16 GB", 16e9), ("H100, 80 GB", 80e9), ("H200, 141 GB", 141e9))
+
+
+def opt_state_bytes(d: int, M: int) -> tuple[int, int]:
+    """(bytes of optax.scale_by_adam(b1=0)'s chain state, bytes of the β₁ = 0 chain's state)
+    for a d × M SAE, from the states' shapes (jax.eval_shape: nothing is allocated)."""
+    jax = _jax()
+    import optax
+    from raysae.train import TrainConfig
+    from raysae.train.optimizer import make_optimizer, project_decoder_grads
+    from raysae.train.schedules import lr_schedule
+    from raysae.sae.params import init_params
+    config = TrainConfig(width=M)
+    params = jax.eval_shape(lambda: init_params(jax.random.PRNGKey(0), d, M))
+    before = optax.chain(project_decoder_grads(),
+                         optax.scale_by_adam(b1=0.0, b2=config.adam_b2, eps=config.adam_eps),
+                         optax.scale_by_learning_rate(lr_schedule(config)))
+    size = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))  # noqa: E731
+    return (size(jax.eval_shape(before.init, params)),
+            size(jax.eval_shape(make_optimizer(config).init, params)))
+
+
+def largest_width_by_formula(memory: float, d: int, B: int, moments: int,
+                             quantum: int = 16384) -> int:
+    """Largest M (a multiple of `quantum`) whose `mesh.train_memory` fits in `memory` bytes."""
+    from raysae.train.mesh import train_memory
+    per = train_memory(B, d, quantum, moments=moments).total / quantum  # ≈ linear in M
+    M = int(memory // per) // quantum * quantum
+    while M > 0 and train_memory(B, d, M, moments=moments).total > memory:
+        M -= quantum
+    return M
+
+
+def memory_report(ds=MEMORY_D, Ms=MEMORY_M, B: int = GPU_B) -> tuple[str, list[dict]]:
+    """Markdown tables: optimiser-state bytes before/after, and the largest width per device."""
+    rows = []
+    lines = ["| d | M | opt_state optax Adam (GiB) | opt_state β₁ = 0 (GiB) | after ÷ before "
+             "| saved (GiB) |", "|---|---|---|---|---|---|"]
+    for d in ds:
+        for M in Ms:
+            before, after = opt_state_bytes(d, M)
+            rows.append({"d": d, "M": M, "opt_state_bytes_before": before,
+                         "opt_state_bytes_after": after})
+            lines.append(f"| {d} | {M} | {before / 2**30:.2f} | {after / 2**30:.2f} "
+                         f"| {after / before:.3f} | {(before - after) / 2**30:.2f} |")
+    lines += ["", f"Largest width (multiple of 16,384) whose fp32 step fits, B = {B}, one device:",
+              "", "| device memory | d | M with μ and ν | M with ν only (β₁ = 0) | gain |",
+              "|---|---|---|---|---|"]
+    for name, mem in DEVICE_MEMORY:
+        for d in ds:
+            m2 = largest_width_by_formula(mem, d, B, 2)
+            m1 = largest_width_by_formula(mem, d, B, 1)
+            rows.append({"device": name, "d": d, "largest_M_mu_nu": m2, "largest_M_nu": m1})
+            lines.append(f"| {name} | {d} | {m2:,} | {m1:,} | {m1 / m2:.2f}× |" if m2 else
+                         f"| {name} | {d} | {m2:,} | {m1:,} | – |")
+    return "\n".join(lines), rows
+
+
 def _fits(d: int, M: int, B: int, dtype: str) -> bool:
     try:
         bench_step(d, M, B, dtype, iters=1)
@@ -191,11 +252,23 @@ def main(argv=None) -> None:
     p.add_argument("--no-largest", action="store_true", help="skip the largest-width search")
     p.add_argument("--profile", default=None, help="write a jax.profiler trace here")
     p.add_argument("--json", default=None, help="also write all rows as JSON here")
+    p.add_argument("--memory", action="store_true",
+                   help="only the optimiser-state bytes and the largest width per device size")
     p.add_argument("--_sharded-worker", dest="sharded_worker", default=None,
                    help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.sharded_worker:
         _sharded_worker(*json.loads(args.sharded_worker))
+        return
+
+    if args.memory:
+        table, rows = memory_report(args.d or MEMORY_D, args.width or MEMORY_M,
+                                    (args.batch or [GPU_B])[0])
+        print("## optimiser state (fp32), optax.scale_by_adam(b1=0) vs the β₁ = 0 state\n")
+        print(table)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
         return
 
     jax = _jax()
