@@ -3,7 +3,8 @@
 `TrainState` (a NamedTuple pytree) holds params, the optax state, the step counter, the step
 each latent last fired (for the dead fraction over a window) and `first_bad_step`. A batch
 with NaN/Inf leaves the state untouched and records its step there, so the host loop raises
-a clear error at its next sync without a device-to-host sync on every step.
+a clear error at its next sync without a device-to-host sync on every step. The loss runs
+through the dense or the sparse decoder path (`decoder_path`, TrainConfig.decoder).
 """
 
 from __future__ import annotations
