@@ -4,6 +4,10 @@
     python bench/step.py --preset gpu         # d ∈ {2304, 3584}, M ∈ {16K, 64K, 128K}, B = 4096,
                                               # fp32 and bf16, MFU, largest width that fits
     python bench/step.py --d 2304 --width 65536 --batch 4096 --dtypes bfloat16 --peak-tflops 989
+    python bench/step.py --memory             # optimiser-state bytes, optax Adam vs β₁ = 0 state,
+                                              # and the largest width per device memory size
+    python bench/step.py --sparse             # sparse vs dense decoder path, L0 ∈ {16, 64, 256},
+                                              # M ∈ {16K, 32K, 64K}, d = 256, B = 512 (CPU)
 
 A step does 12·B·d·M FLOPs (encoder and decoder matmuls, 2·B·d·M each, forward + two
 backward). Every figure is a ratio within this run: the step's FLOP/s over the dense
@@ -119,6 +123,154 @@ def bench_step(d: int, M: int, B: int, dtype: str, iters: int, *, mesh_shape=Non
             "peak_bytes": peak, "peak_kind": peak_kind}
 
 
+MEMORY_D, MEMORY_M = (2304, 3584), (16384, 131072, 1048576)
+DEVICE_MEMORY = (("TPU v3 core, 16 GB", 16e9), ("H100, 80 GB", 80e9), ("H200, 141 GB", 141e9))
+
+
+def opt_state_bytes(d: int, M: int) -> tuple[int, int]:
+    """(bytes of optax.scale_by_adam(b1=0)'s chain state, bytes of the β₁ = 0 chain's state)
+    for a d × M SAE, from the states' shapes (jax.eval_shape: nothing is allocated)."""
+    jax = _jax()
+    import optax
+    from raysae.train import TrainConfig
+    from raysae.train.optimizer import make_optimizer, project_decoder_grads
+    from raysae.train.schedules import lr_schedule
+    from raysae.sae.params import init_params
+    config = TrainConfig(width=M)
+    params = jax.eval_shape(lambda: init_params(jax.random.PRNGKey(0), d, M))
+    before = optax.chain(project_decoder_grads(),
+                         optax.scale_by_adam(b1=0.0, b2=config.adam_b2, eps=config.adam_eps),
+                         optax.scale_by_learning_rate(lr_schedule(config)))
+    size = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))  # noqa: E731
+    return (size(jax.eval_shape(before.init, params)),
+            size(jax.eval_shape(make_optimizer(config).init, params)))
+
+
+def largest_width_by_formula(memory: float, d: int, B: int, moments: int,
+                             quantum: int = 16384) -> int:
+    """Largest M (a multiple of `quantum`) whose `mesh.train_memory` fits in `memory` bytes."""
+    from raysae.train.mesh import train_memory
+    per = train_memory(B, d, quantum, moments=moments).total / quantum  # ≈ linear in M
+    M = int(memory // per) // quantum * quantum
+    while M > 0 and train_memory(B, d, M, moments=moments).total > memory:
+        M -= quantum
+    return M
+
+
+def memory_report(ds=MEMORY_D, Ms=MEMORY_M, B: int = GPU_B) -> tuple[str, list[dict]]:
+    """Markdown tables: optimiser-state bytes before/after, and the largest width per device."""
+    rows = []
+    lines = ["| d | M | opt_state optax Adam (GiB) | opt_state β₁ = 0 (GiB) | after ÷ before "
+             "| saved (GiB) |", "|---|---|---|---|---|---|"]
+    for d in ds:
+        for M in Ms:
+            before, after = opt_state_bytes(d, M)
+            rows.append({"d": d, "M": M, "opt_state_bytes_before": before,
+                         "opt_state_bytes_after": after})
+            lines.append(f"| {d} | {M} | {before / 2**30:.2f} | {after / 2**30:.2f} "
+                         f"| {after / before:.3f} | {(before - after) / 2**30:.2f} |")
+    lines += ["", f"Largest width (multiple of 16,384) whose fp32 step fits, B = {B}, one device:",
+              "", "| device memory | d | M with μ and ν | M with ν only (β₁ = 0) | gain |",
+              "|---|---|---|---|---|"]
+    for name, mem in DEVICE_MEMORY:
+        for d in ds:
+            m2 = largest_width_by_formula(mem, d, B, 2)
+            m1 = largest_width_by_formula(mem, d, B, 1)
+            rows.append({"device": name, "d": d, "largest_M_mu_nu": m2, "largest_M_nu": m1})
+            lines.append(f"| {name} | {d} | {m2:,} | {m1:,} | {m1 / m2:.2f}× |" if m2 else
+                         f"| {name} | {d} | {m2:,} | {m1:,} | – |")
+    return "\n".join(lines), rows
+
+
+SPARSE_M, SPARSE_L0 = (16384, 32768, 65536), (16, 64, 256)
+
+
+def _state_at_l0(d: int, M: int, B: int, l0: int, x):
+    """A fresh state whose θ (one value for all latents) gives mean L0 ≈ `l0` on batch x,
+    and the capacity that holds every row's latents (a multiple of 16)."""
+    jax = _jax()
+    import jax.numpy as jnp
+    import numpy as np
+    from raysae.sae.model import pre_activations
+    from raysae.train import TrainConfig, init_state
+    state = init_state(TrainConfig(width=M, batch_size=B), d)
+    z = np.asarray(pre_activations(state.params, x, pre_encoder_bias=True))
+    theta = float(np.partition(z.ravel(), z.size - l0 * B)[z.size - l0 * B])
+    state = state._replace(params=state.params._replace(
+        threshold=jnp.full((M,), theta, jnp.float32)))
+    needed = (z > theta - 0.0005).sum(axis=1)
+    capacity = int(-(-needed.max() // 16) * 16)
+    return state, float((z > theta).sum(1).mean()), int(needed.max()), capacity
+
+
+def bench_sparse(d: int, B: int, Ms=SPARSE_M, L0s=SPARSE_L0, iters: int = 3) -> list[dict]:
+    """Train-step time and FLOPs, dense vs sparse decoder, one row per (M, L0).
+
+    The two steps are timed alternately, one call each per round, `iters` rounds after a
+    warm-up, and each keeps its fastest round: on a shared machine load only adds time.
+    """
+    jax = _jax()
+    import jax.numpy as jnp
+    import numpy as np
+    from raysae.sae.sparse import decoder_costs
+    from raysae.train import TrainConfig, train_step
+    rows = []
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(B, d)) / np.sqrt(d) * 4, jnp.float32)
+    for M in Ms:
+        for l0 in L0s:
+            state, mean_l0, max_needed, cap = _state_at_l0(d, M, B, l0, x)
+            row = {"d": d, "M": M, "B": B, "L0": mean_l0, "max_row": max_needed,
+                   "capacity": cap}
+            steps = {}
+            for path in ("dense", "sparse"):
+                config = TrainConfig(width=M, batch_size=B, lr=1e-9, decoder=path,
+                                     decoder_capacity=cap)
+                step = jax.jit(lambda s, x, c=config: train_step(s, x, None, c)[1].loss)
+                cost = step.lower(state, x).compile().cost_analysis()
+                cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+                row[f"{path}_xla_flops"] = float(cost.get("flops", float("nan")))
+                jax.block_until_ready(step(state, x))
+                steps[path] = step
+            best = {path: float("inf") for path in steps}
+            for _ in range(iters):
+                for path, step in steps.items():
+                    t0 = time.perf_counter()
+                    jax.block_until_ready(step(state, x))
+                    best[path] = min(best[path], time.perf_counter() - t0)
+            row["dense_ms"], row["sparse_ms"] = best["dense"] * 1e3, best["sparse"] * 1e3
+            model = decoder_costs(B, d, M, cap, gather_cost=1.0, select_cost=0.0)
+            row["dense_model_flops"], row["sparse_model_flops"] = model.dense, model.sparse
+            row["speedup"] = row["dense_ms"] / row["sparse_ms"]
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    return rows
+
+
+def fit_sparse_costs(rows: list[dict]) -> tuple[float, float]:
+    """Least-squares (gather_cost, select_cost) of `sae.sparse.decoder_costs` from the rows:
+    sparse time in dense-FLOP units = 2·B·M·d + g·12·B·k·d + s·B·M (k: the capacity)."""
+    import numpy as np
+    A, y = [], []
+    for r in rows:
+        rate = r["dense_model_flops"] / (r["dense_ms"] / 1e3)  # the dense step's FLOP/s
+        B, d, M, k = r["B"], r["d"], r["M"], r["capacity"]
+        A.append([12.0 * B * k * d, B * M])
+        y.append(r["sparse_ms"] / 1e3 * rate - 2.0 * B * M * d)
+    (g, s), *_ = np.linalg.lstsq(np.array(A), np.array(y), rcond=None)
+    return float(g), float(s)
+
+
+def _sparse_table(rows: list[dict]) -> str:
+    lines = ["| M | L0 (mean) | max row | capacity k | dense ms | sparse ms | dense ÷ sparse "
+             "| model FLOPs sparse ÷ dense | XLA FLOPs sparse ÷ dense |", "|" + "---|" * 9]
+    for r in rows:
+        lines.append(f"| {r['M']} | {r['L0']:.0f} | {r['max_row']} | {r['capacity']} "
+                     f"| {r['dense_ms']:.0f} | {r['sparse_ms']:.0f} | {r['speedup']:.2f} "
+                     f"| {r['sparse_model_flops'] / r['dense_model_flops']:.3f} "
+                     f"| {r['sparse_xla_flops'] / r['dense_xla_flops']:.3f} |")
+    return "\n".join(lines)
+
+
 def _fits(d: int, M: int, B: int, dtype: str) -> bool:
     try:
         bench_step(d, M, B, dtype, iters=1)
@@ -191,11 +343,40 @@ def main(argv=None) -> None:
     p.add_argument("--no-largest", action="store_true", help="skip the largest-width search")
     p.add_argument("--profile", default=None, help="write a jax.profiler trace here")
     p.add_argument("--json", default=None, help="also write all rows as JSON here")
+    p.add_argument("--memory", action="store_true",
+                   help="only the optimiser-state bytes and the largest width per device size")
+    p.add_argument("--sparse", action="store_true",
+                   help="only the sparse vs dense decoder path (--d, --batch, --width, --l0)")
+    p.add_argument("--l0", type=int, nargs="*", default=None)
     p.add_argument("--_sharded-worker", dest="sharded_worker", default=None,
                    help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.sharded_worker:
         _sharded_worker(*json.loads(args.sharded_worker))
+        return
+
+    if args.memory:
+        table, rows = memory_report(args.d or MEMORY_D, args.width or MEMORY_M,
+                                    (args.batch or [GPU_B])[0])
+        print("## optimiser state (fp32), optax.scale_by_adam(b1=0) vs the β₁ = 0 state\n")
+        print(table)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
+        return
+
+    if args.sparse:
+        d, B = (args.d or [256])[0], (args.batch or [512])[0]
+        rows = bench_sparse(d, B, args.width or SPARSE_M, args.l0 or SPARSE_L0,
+                            iters=args.iters or 3)
+        print(f"\n## sparse vs dense decoder path, train step, d={d}, B={B}, fp32\n")
+        print(_sparse_table(rows))
+        g, s = fit_sparse_costs(rows)
+        print(f"\nfitted cost model: gather_cost = {g:.2f}, select_cost = {s:.1f} "
+              "(sparse time in dense-FLOP units = 2·B·M·d + g·12·B·k·d + s·B·M)")
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(rows, f, indent=1)
         return
 
     jax = _jax()

@@ -5,6 +5,7 @@ Pure JAX/numpy, no Ray. The pieces:
 - `params`     SAEParams (Gemma Scope names and shapes) and the paper's initialisation
 - `jumprelu`   JumpReLU and Heaviside with the straight-through pseudo-derivatives
 - `model`      encode / decode / the training loss with its parts
+- `sparse`     the same loss through a sparse decoder (only the latents each row uses)
 - `fold`       App. A folding of the normalisation scalar C into the weights, and back
 - `formats`    Gemma Scope `params.npz` and SAELens `cfg.json` + safetensors
 """

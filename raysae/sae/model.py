@@ -90,6 +90,26 @@ def loss_fn(params: SAEParams, x: jax.Array, target: jax.Array | None = None, *,
     z = pre_activations(params, x, pre_encoder_bias=pre_encoder_bias, compute_dtype=compute_dtype)
     f = jumprelu(z, params.threshold, bandwidth)
     x_hat = decode(params, f, compute_dtype=compute_dtype)
+    return loss_parts(params, z, x_hat, target, sparsity_coefficient=sparsity_coefficient,
+                      bandwidth=bandwidth, sparsity_loss=sparsity_loss, target_l0=target_l0,
+                      dead_mask=dead_mask, dead_preact_coefficient=dead_preact_coefficient)
+
+
+def loss_parts(params: SAEParams, z: jax.Array, x_hat: jax.Array, target: jax.Array, *,
+               sparsity_coefficient: jax.Array | float, bandwidth: float = DEFAULT_BANDWIDTH,
+               sparsity_loss: str = "l0", target_l0: float | None = None,
+               dead_mask: jax.Array | None = None, dead_preact_coefficient: float = 0.0
+               ) -> tuple[jax.Array, LossParts]:
+    """The loss from the pre-activations z [B, M] and the reconstruction x̂ (see `loss_fn`;
+    the dense and the sparse decoder paths, `sae.sparse`, share it).
+
+    Args:
+        params: the SAE (θ for the L0 term, W_dec's row norms for the dead-latent loss).
+        z, x_hat, target: pre-activations, reconstruction and its target.
+        sparsity_coefficient ... dead_preact_coefficient: as in `loss_fn`.
+    Returns:
+        (loss, `LossParts`).
+    """
     mse = jnp.mean(jnp.sum(jnp.square(target - x_hat), axis=-1))
     # The L0 term goes through the Heaviside STE: its only gradient is to θ.
     active = heaviside(z, params.threshold, bandwidth)

@@ -10,6 +10,7 @@ Each file is written atomically and `meta.json` is written after `state.npz`, th
 `latest` is flipped: a run killed at any moment leaves the previous checkpoint intact and
 `latest` pointing at a complete one. Leaves are stored as plain host arrays, so a
 checkpoint from a sharded run loads into an unsharded one and back (callers re-shard).
+Checkpoints from before the β₁ = 0 optimiser dropped Adam's first moment still load.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ import json
 import logging
 import jax
 import numpy as np
+import optax
 
 from raysae import storage
 from raysae.config import from_dict, to_dict
 from raysae.train.config import TrainConfig
+from raysae.train.optimizer import ScaleByAdamB1ZeroState
 from raysae.train.step import TrainState, init_state
 
 LATEST = "latest"
@@ -151,6 +154,35 @@ def load_latest(url: str, config: TrainConfig | None = None) -> Checkpoint | Non
     return None
 
 
+def _is_lean(node) -> bool:
+    return isinstance(node, ScaleByAdamB1ZeroState)
+
+
+def _template_for(template: TrainState, num_arrays: int):
+    """(the tree a checkpoint of `num_arrays` leaves loads into, the map to today's state).
+
+    Checkpoints written before the β₁ = 0 optimiser stopped storing Adam's first moment hold
+    optax's ScaleByAdamState (count, μ, ν): their μ (the last gradient, never read with
+    β₁ = 0) is dropped on load, so those runs resume unchanged.
+    """
+    same = lambda state: state  # noqa: E731
+    if num_arrays == len(jax.tree_util.tree_leaves(template)):
+        return template, same
+    legacy = jax.tree.map(
+        lambda n: optax.ScaleByAdamState(count=n.count, mu=n.nu, nu=n.nu) if _is_lean(n) else n,
+        template, is_leaf=_is_lean)
+    if num_arrays != len(jax.tree_util.tree_leaves(legacy)):
+        return template, same
+    is_adam = lambda n: isinstance(n, optax.ScaleByAdamState)  # noqa: E731
+
+    def from_legacy(state):
+        return jax.tree.map(
+            lambda n: ScaleByAdamB1ZeroState(count=n.count, nu=n.nu) if is_adam(n) else n,
+            state, is_leaf=is_adam)
+
+    return legacy, from_legacy
+
+
 def load_checkpoint(ckpt_url: str, config: TrainConfig | None = None) -> Checkpoint:
     """Load one checkpoint directory.
 
@@ -179,7 +211,6 @@ def load_checkpoint(ckpt_url: str, config: TrainConfig | None = None) -> Checkpo
                               f"transcoder={saved.transcoder}; run wants width={config.width}, "
                               f"transcoder={config.transcoder}")
     template = init_state(config, meta["d"], d_out=meta["d_out"], key=jax.random.PRNGKey(0))
-    leaves, treedef = jax.tree_util.tree_flatten(template)
     state_url = storage.join(ckpt_url, "state.npz")
     try:
         data = storage.read_bytes(state_url)
@@ -195,14 +226,16 @@ def load_checkpoint(ckpt_url: str, config: TrainConfig | None = None) -> Checkpo
         raise CorruptCheckpoint(f"{state_url}: missing key {e}") from None
     except Exception as e:  # noqa: BLE001 - zipfile / zlib / numpy raise many types
         raise CorruptCheckpoint(f"{state_url}: unreadable ({type(e).__name__}: {e})") from None
+    template, from_legacy = _template_for(template, len(arrays))
+    leaves, treedef = jax.tree_util.tree_flatten(template)
     if len(arrays) != len(leaves):
         raise CheckpointError(f"{state_url}: {len(arrays)} arrays but this optimiser needs "
                               f"{len(leaves)} (different grad_clip_norm or optimiser?)")
     for i, (a, t) in enumerate(zip(arrays, leaves)):
         if a.shape != t.shape:
             raise CheckpointError(f"{state_url}: leaf_{i:04d} has shape {a.shape}, expected {t.shape}")
-    state = jax.tree_util.tree_unflatten(
-        treedef, [jax.numpy.asarray(a, dtype=t.dtype) for a, t in zip(arrays, leaves)])
+    state = from_legacy(jax.tree_util.tree_unflatten(
+        treedef, [jax.numpy.asarray(a, dtype=t.dtype) for a, t in zip(arrays, leaves)]))
     return Checkpoint(state=state, step=meta["step"], norm_scalar=meta["norm_scalar"],
                       d=meta["d"], d_out=meta["d_out"], config=saved,
                       data_position=meta["data_position"], url=ckpt_url)

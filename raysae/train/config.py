@@ -58,6 +58,11 @@ class TrainConfig:
     dead_preact_window_steps: int | None = None   # ... on latents silent for this many steps
     transcoder: bool = False                # App. B: input/target pairs, no transpose init
     compute_dtype: Literal["float32", "bfloat16"] = "float32"  # matmul dtype; params stay fp32
+    # The decoder path (sae/sparse.py): "dense" (the plain matmuls), "sparse" (only the
+    # latents each row uses; dense for a batch where a row has more than decoder_capacity),
+    # "auto" (sparse where the cost model expects it to be faster for the shape).
+    decoder: Literal["dense", "sparse", "auto"] = "dense"
+    decoder_capacity: int = 256             # slots per row on the sparse path (≥ max row L0)
     seed: int = 0
     log_every: int = 100
     checkpoint_every: int = 1000
@@ -98,6 +103,12 @@ class TrainConfig:
         check(self.sparsity_loss != "quadratic" or (self.target_l0 or 0) > 0, "target_l0",
               "sparsity_loss 'quadratic' needs a positive target_l0")
         check(self.dead_preact_coefficient >= 0, "dead_preact_coefficient", "must be >= 0")
+        check(self.decoder in ("dense", "sparse", "auto"), "decoder",
+              f"must be 'dense', 'sparse' or 'auto', got {self.decoder!r}")
+        check(self.decoder_capacity > 0, "decoder_capacity", "must be positive")
+        check(self.decoder != "sparse" or self.dead_preact_coefficient == 0, "decoder",
+              "'sparse' has no dead-latent pre-activation loss; set dead_preact_coefficient "
+              f"to 0 (it is {self.dead_preact_coefficient}) or use decoder 'dense' or 'auto'")
         check(self.dead_preact_window_steps > 0, "dead_preact_window_steps", "must be positive")
         check(0 <= self.adam_b1 < 1, "adam_b1", f"must be in [0, 1), got {self.adam_b1}")
         check(0 <= self.adam_b2 < 1, "adam_b2", f"must be in [0, 1), got {self.adam_b2}")

@@ -136,29 +136,62 @@ def step_flops(batch: int, d: int, width: int) -> float:
     return 12.0 * batch * d * width
 
 
+class MemoryEstimate(NamedTuple):
+    """Bytes per device of one training step (fp32 params, optimiser state, activations)."""
+
+    params: float        # W_enc, W_dec, b_enc, θ, b_dec
+    optimizer: float     # Adam's moments: ν, plus μ unless β₁ = 0
+    grads: float         # the gradient tree
+    activations: float   # z, f and their cotangents, [B/data, M/model] fp32 each
+    other: float         # last_fired
+
+    @property
+    def total(self) -> float:
+        return self.params + self.optimizer + self.grads + self.activations + self.other
+
+
+def train_memory(batch: int, d: int, width: int, *, moments: int = 1, data: int = 1,
+                 model: int = 1) -> MemoryEstimate:
+    """Bytes per device of a train step:
+    4·P·(2 + moments)/model + 16·(B/data)·(M/model) + 4·M/model.
+
+    Args:
+        batch, d, width: B, the input width d and M (P = 2·d·M + 2·M + d parameters).
+        moments: Adam moments stored: 1 with β₁ = 0 (ν only), 2 otherwise (μ and ν).
+        data, model: the mesh split.
+    Returns:
+        A `MemoryEstimate` (fp32 params, one gradient tree, four [B, M] activations).
+    """
+    params = (2 * d * width + 2 * width + d) * 4 / model
+    return MemoryEstimate(params=params, optimizer=moments * params, grads=params,
+                          activations=4 * (batch / data) * (width / model) * 4,
+                          other=width * 4 / model)
+
+
 def estimate(batch: int, d: int, width: int, data: int, model: int, profile: DeviceProfile,
-             local_devices: int, in_bytes: int = 4) -> tuple[float, float, float]:
-    """(step seconds, host-to-device seconds, bytes per device) for one (data, model) split."""
+             local_devices: int, in_bytes: int = 4, moments: int = 1
+             ) -> tuple[float, float, float]:
+    """(step seconds, host-to-device seconds, bytes per device) for one (data, model) split
+    (`moments`: Adam moments stored, 1 with β₁ = 0)."""
     n = data * model
     step = step_flops(batch, d, width) / (n * profile.peak_flops * profile.efficiency)
     # Each device receives its data shard of the batch (replicated across its model group),
     # and one host feeds all of its local devices over its link.
     transfer = local_devices * (batch / data) * d * in_bytes / profile.host_to_device
-    params = (2 * d * width + 2 * width + d) * 4
-    state = 3 * params / model + width * 4 / model        # params + Adam mu, nu + last_fired
-    activations = 4 * (batch / data) * (width / model) * 4  # z, f, their grads (fp32)
-    return step, transfer, state + activations
+    return step, transfer, train_memory(batch, d, width, moments=moments, data=data,
+                                        model=model).total
 
 
 def choose_degrees(width: int, d: int, batch: int, num_devices: int, *,
                    profile: DeviceProfile | None = None, local_devices: int | None = None,
                    data_parallel: int | None = None, model_parallel: int | None = None,
-                   headroom: float = 0.9) -> MeshSplit:
+                   headroom: float = 0.9, moments: int = 1) -> MeshSplit:
     """The (data, model) split for a run: overrides if given, else the paper's rule.
 
     Candidates are splits with data | batch and model | width. The rule: the smallest data
     degree whose transfer time is at most `headroom` × step time, among those that fit in
     memory; if none is fast enough, the one with the least transfer (largest data degree).
+    `moments` is how many Adam moments the optimiser stores (1 with β₁ = 0, else 2).
     """
     profile = profile or detect_profile()
     local_devices = local_devices or num_devices
@@ -166,7 +199,8 @@ def choose_degrees(width: int, d: int, batch: int, num_devices: int, *,
     if data_parallel is not None or model_parallel is not None:
         data = data_parallel or num_devices // model_parallel
         model = num_devices // data
-        s, t, m = estimate(batch, d, width, data, model, profile, local_devices)
+        s, t, m = estimate(batch, d, width, data, model, profile, local_devices,
+                           moments=moments)
         return MeshSplit(data, model, s, t, m, "set in config")
     candidates = []
     for data in range(1, num_devices + 1):
@@ -174,7 +208,7 @@ def choose_degrees(width: int, d: int, batch: int, num_devices: int, *,
         if data * model != num_devices or batch % data or width % model:
             continue
         candidates.append((data, model) + estimate(batch, d, width, data, model, profile,
-                                                   local_devices))
+                                                   local_devices, moments=moments))
     if not candidates:
         raise ConfigError(f"width: no data × model split of {num_devices} devices divides "
                           f"batch_size={batch} and width={width}")
@@ -220,10 +254,12 @@ def mesh_for(config, d: int, devices: list | None = None,
     split = choose_degrees(config.width, d, config.batch_size, len(devices),
                            profile=profile or detect_profile(devices[0], config.compute_dtype),
                            local_devices=local, data_parallel=config.data_parallel,
-                           model_parallel=config.model_parallel)
+                           model_parallel=config.model_parallel,
+                           moments=1 if config.adam_b1 == 0 else 2)
     return make_mesh(split.data, split.model, devices), split
 
 
 __all__ = ["DATA", "MODEL", "PARAM_SPECS", "BATCH_SPEC", "make_mesh", "state_specs",
-           "shardings", "DeviceProfile", "detect_profile", "MeshSplit", "step_flops", "estimate",
+           "shardings", "DeviceProfile", "detect_profile", "MeshSplit", "step_flops",
+           "MemoryEstimate", "train_memory", "estimate",
            "choose_degrees", "mesh_for"]

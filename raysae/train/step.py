@@ -3,11 +3,13 @@
 `TrainState` (a NamedTuple pytree) holds params, the optax state, the step counter, the step
 each latent last fired (for the dead fraction over a window) and `first_bad_step`. A batch
 with NaN/Inf leaves the state untouched and records its step there, so the host loop raises
-a clear error at its next sync without a device-to-host sync on every step.
+a clear error at its next sync without a device-to-host sync on every step. The loss runs
+through the dense or the sparse decoder path (`decoder_path`, TrainConfig.decoder).
 """
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -16,6 +18,7 @@ import optax
 
 from raysae.sae.model import loss_fn
 from raysae.sae.params import SAEParams, init_params
+from raysae.sae.sparse import choose_decoder, sparse_loss_fn
 from raysae.train.config import TrainConfig
 from raysae.train.optimizer import make_optimizer, project_params
 from raysae.train.schedules import linear_warmup, lr_schedule
@@ -46,6 +49,23 @@ class StepMetrics(NamedTuple):
 
 def compute_dtype(config: TrainConfig):
     return None if config.compute_dtype == "float32" else jnp.dtype(config.compute_dtype)
+
+
+def decoder_path(config: TrainConfig, batch: int, d: int) -> str:
+    """The decoder path a step of this shape takes: "dense" or "sparse".
+
+    Args:
+        config: the recipe (`decoder`, `decoder_capacity`, the dead-latent loss).
+        batch, d: the step's batch rows and input width.
+    Returns:
+        `config.decoder` when it is not "auto"; else the cost model's choice
+        (`sae.sparse.choose_decoder`), dense whenever the dead-latent loss is on.
+    """
+    if config.decoder != "auto":
+        return config.decoder
+    if config.dead_preact_coefficient > 0:
+        return "dense"
+    return choose_decoder(batch, d, config.width, config.decoder_capacity)
 
 
 def init_state(config: TrainConfig, d: int, *, d_out: int | None = None,
@@ -91,12 +111,17 @@ def train_step(state: TrainState, x: jax.Array, target: jax.Array | None,
     lr = lr_schedule(config)(state.step)
     silent = (state.step - state.last_fired) > config.dead_preact_window_steps
 
+    if decoder_path(config, x.shape[0], x.shape[1]) == "sparse":
+        loss = functools.partial(sparse_loss_fn, capacity=config.decoder_capacity)
+    else:
+        loss = loss_fn
+
     def objective(params):
-        return loss_fn(params, x, target, sparsity_coefficient=lam, bandwidth=config.bandwidth,
-                       pre_encoder_bias=not config.transcoder,
-                       compute_dtype=compute_dtype(config), sparsity_loss=config.sparsity_loss,
-                       target_l0=config.target_l0, dead_mask=silent,
-                       dead_preact_coefficient=config.dead_preact_coefficient)
+        return loss(params, x, target, sparsity_coefficient=lam, bandwidth=config.bandwidth,
+                    pre_encoder_bias=not config.transcoder,
+                    compute_dtype=compute_dtype(config), sparsity_loss=config.sparsity_loss,
+                    target_l0=config.target_l0, dead_mask=silent,
+                    dead_preact_coefficient=config.dead_preact_coefficient)
 
     (_, parts), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)

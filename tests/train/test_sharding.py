@@ -98,7 +98,7 @@ def _run_checks() -> dict:
             res[f"{dtype}/{name}"] = {
                 "loss_rel": d_loss, "grad": d_grad, "param": d_param,
                 "spec_W_enc": str(state.params.W_enc.sharding.spec),
-                "spec_mu_W_dec": str(state.opt_state[1].mu.W_dec.sharding.spec),
+                "spec_nu_W_dec": str(state.opt_state[1].nu.W_dec.sharding.spec),
                 "spec_last_fired": str(state.last_fired.sharding.spec),
                 "moved": maxdiff(p, init_state(config, D).params)}
             if dtype == "float32":
@@ -171,7 +171,7 @@ def test_state_is_laid_out_by_the_partition_rules(checks):
     for dtype in ("float32", "bfloat16"):
         r = checks[f"{dtype}/mixed"]
         assert r["spec_W_enc"] == "P(None, 'model')"
-        assert r["spec_mu_W_dec"] == "P('model', None)"
+        assert r["spec_nu_W_dec"] == "P('model', None)"
         assert r["spec_last_fired"] == "P('model',)"
 
 
