@@ -46,7 +46,9 @@ def project_decoder_grads() -> optax.GradientTransformation:
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+def make_optimizer(config: TrainConfig, lr=None) -> optax.GradientTransformation:
+    """The chain above for `config`; `lr` (a traced scalar in a packed step) replaces
+    config.lr (the optimiser state does not depend on it)."""
     parts = []
     if config.grad_clip_norm is not None:
         parts.append(optax.clip_by_global_norm(config.grad_clip_norm))
@@ -54,7 +56,7 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
         parts.append(project_decoder_grads())
     parts += [
         optax.scale_by_adam(b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps),
-        optax.scale_by_learning_rate(lr_schedule(config)),
+        optax.scale_by_learning_rate(lr_schedule(config, lr)),
     ]
     return optax.chain(*parts)
 
