@@ -137,10 +137,12 @@ class SweepProgress(tune.Callback):
         p.status, p.step = "done", p.total
         dl = result.get(names.EVAL_DELTA_LOSS)
         self.on_trial_result(iteration, trials, trial, result)
-        self.say(f"done     {p.name}  L0 {_num(p.l0, '.1f')}  FVU {_num(p.fvu, '.3f')}"
+        members = result.get(names.MEMBERS) or {}
+        self.say(f"done     {p.name}"
+                 + ("" if members else f"  L0 {_num(p.l0, '.1f')}  FVU {_num(p.fvu, '.3f')}")
                  + (f"  dLoss {dl:.4f}" if isinstance(dl, (int, float)) else "")
                  + f"  ({duration(time.monotonic() - p.started)})  {self._done()}/{self.total} done")
-        for key, row in (result.get(names.MEMBERS) or {}).items():  # a pack's SAEs
+        for key, row in members.items():  # a pack's SAEs, one line each
             l0, fvu = (next((row[k] for k in keys if isinstance(row.get(k), (int, float))), None)
                        for keys in ((names.EVAL_L0, names.L0), (names.EVAL_FVU, names.FVU)))
             dl = row.get(names.EVAL_DELTA_LOSS)

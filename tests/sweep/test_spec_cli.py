@@ -84,6 +84,8 @@ def test_check_accepts_a_good_file_and_counts_trials(capsys, sweep_yaml):
     code, out, _ = run_cli(capsys, sweep_yaml, "--check", "--set", "tokens=25600")
     assert code == 0
     assert "4 trials, 100 steps each" in out
+    code, out, _ = run_cli(capsys, sweep_yaml, "--check", "--set", "tokens=25600", "--set", "pack=2")
+    assert code == 0 and "4 SAEs in 2 packed trials, 100 steps each" in out
 
 
 def test_resume_without_a_sweep_is_an_error(capsys, sweep_yaml):
