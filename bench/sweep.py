@@ -74,6 +74,7 @@ def main() -> None:
     ap.add_argument("--compare", choices=("stream", "pack"), default="stream")
     ap.add_argument("--pack", type=int, default=0, help="K for --compare pack (0: the grid)")
     ap.add_argument("--synthetic-d", type=int, default=0)
+    ap.add_argument("--swap", action="store_true", help="run the second mode first")
     args = ap.parse_args()
     root = tempfile.mkdtemp(prefix="raysae-bench-sweep-")
     base = [f"storage={root}", f"data.cache_url={root}/cache", "final_eval.enabled=false",
@@ -91,8 +92,10 @@ def main() -> None:
     else:
         k = args.pack or len(first.sparsity.grid)
         modes = {f"pack {k}": [f"pack={k}"], "pack 1": ["pack=1"]}
+    order = list(modes)[::-1] if args.swap else list(modes)
     out = {}
-    for name, extra in modes.items():
+    for name in order:
+        extra = modes[name]
         config = load_sweep(sweep_file(args.file), base + [f"name={name.replace(' ', '')}", *extra])
         t0 = time.perf_counter()
         result = run_sweep(config, verbose=0)
@@ -102,6 +105,7 @@ def main() -> None:
                          steps=sum(sae_steps(m) for m in metrics),
                          looped=sum(m.get("stream/looped", 0) for m in metrics),
                          train_s=sum(m["time_total_s"] for m in metrics))
+    out = {name: out[name] for name in modes}  # printed in the same order either way
     a, b = out.values()
     d = args.synthetic_d or "the LM's"
     print(f"sweep {args.file}: {a['saes']} SAEs, {a['steps'] // a['saes']} steps each on average, "
