@@ -74,3 +74,15 @@ def test_members_may_differ_only_in_lambda_lr_and_seed():
         Pack([BASE, BASE.with_(width=64)])
     with pytest.raises(ConfigError, match="member 1 has batch_size=64"):
         Pack([BASE, BASE.with_(batch_size=64)])
+
+
+def test_a_packed_state_is_split_like_its_members_behind_the_member_axis():
+    from jax.sharding import PartitionSpec as P
+
+    from raysae.train.mesh import state_specs
+
+    specs = state_specs(Pack(MEMBERS).init_state(D))
+    assert specs.params.W_enc == P(None, None, "model") and specs.params.W_dec == P(None, "model", None)
+    assert specs.params.b_enc == P(None, "model") and specs.params.b_dec == P(None)
+    assert specs.last_fired == P(None, "model") and specs.step == P()
+    assert specs.opt_state[0].mu.W_enc == P(None, None, "model")  # Adam's moments too
