@@ -87,7 +87,10 @@ def run_sweep_command(args: argparse.Namespace) -> int:
         steps = sorted({config.steps_for(w) for w in config.widths})
         each = f"{steps[0]} steps each" if len(steps) == 1 else \
             "steps " + ", ".join(f"{config.steps_for(w)} at width {w}" for w in config.widths)
-        print(f"{args.file}: ok ({config.num_trials()} trials, {each}, results in {config.sweep_url})")
+        trials = config.num_tune_trials()
+        what = f"{trials} trials" if trials == config.num_trials() else \
+            f"{config.num_trials()} SAEs in {trials} packed trials"
+        print(f"{args.file}: ok ({what}, {each}, results in {config.sweep_url})")
         return 0
     from raysae.connect import connect
     from raysae.sweep.launch import run_sweep

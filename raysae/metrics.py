@@ -33,6 +33,7 @@ EVAL_NUM_TOKENS = EVAL_PREFIX + "num_tokens"
 
 # A trial's own fields.
 TRIAL = "trial"                                # the trial's stable key (sweep.trainable.trial_key)
+MEMBERS = "members"                            # a packed trial's report: {SAE key: its row}
 SAE_URL = "sae_url"                            # where the trial saved its SAE
 RESTORED_STEP = "restored_step"                # the step training resumed from (0: fresh)
 PID = "pid"                                    # the trial process (or JAX process 0's) pid

@@ -5,7 +5,7 @@ L0 / FVU while it runs, the final evaluation once it is in), recomputes the non-
 sets per (site, width) with `raysae.evals.frontier` and rewrites the files. Writing happens
 in a background thread that coalesces updates, so Tune's loop never waits on storage or
 matplotlib. The PNG is redrawn at most every `png_every_s` while trials run and always when
-one finishes. State lives on storage: `setup` reads frontier.json back, so a restarted
+one finishes. A packed trial's SAEs are rows of their own, keyed as they would be alone. State lives on storage: `setup` reads frontier.json back, so a restarted
 driver keeps every row.
 """
 
@@ -22,7 +22,7 @@ from ray import tune
 from raysae import metrics as names
 from raysae.storage import join as storage_join
 from raysae.evals import frontier
-from raysae.sweep.trainable import trial_key
+from raysae.sweep.trainable import members_of, trial_key
 
 log = logging.getLogger(__name__)
 
@@ -118,28 +118,42 @@ class FrontierCallback(tune.Callback):
         except Exception:  # never let a plotting/storage hiccup kill the sweep
             log.exception("could not write the frontier under %s", self.sweep_url)
 
-    def _key(self, trial) -> str:
-        return trial_key(trial.config, trial.trial_id if self.searched else None)
+    def _saes(self, trial, result: dict) -> list[tuple[str, dict, dict]]:
+        """(key, point, result) of each SAE of the trial: itself, or a pack's members."""
+        points = members_of(trial.config)
+        if len(points) == 1:
+            point = points[0]
+            key = trial_key(point, trial.trial_id if self.searched else None)
+            return [(key, point, result)]
+        out = []
+        for point in points:
+            key = trial_key(point)
+            row = result.get(names.MEMBERS, {}).get(key)
+            if row is not None:  # a checkpoint-only report carries no member rows
+                out.append((key, point, row))
+        return out
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
-        key = self._key(trial)
         with self._lock:
-            self.rows[key] = row_from_result(key, trial.config, result, False)
+            for key, point, row in self._saes(trial, result):
+                self.rows[key] = row_from_result(key, point, row, False)
         self._request(png=time.monotonic() - self._last_png >= self.png_every_s)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         result = trial.last_result or {}
-        key = self._key(trial)
         with self._lock:
-            self.rows[key] = row_from_result(key, trial.config, result, True)
+            for key, point, row in self._saes(trial, result):
+                self.rows[key] = row_from_result(key, point, row, True)
         self._request(png=True, announce=True)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        keys = [trial_key(p, trial.trial_id if self.searched else None)
+                for p in members_of(trial.config)]
         with self._lock:
-            row = self.rows.get(self._key(trial))
-            if row is not None:
+            rows = [self.rows[k] for k in keys if k in self.rows]
+            for row in rows:
                 row["status"] = "error"
-        if row is not None:
+        if rows:
             self._request(png=False)
 
     def on_experiment_end(self, trials, **info) -> None:

@@ -3,7 +3,9 @@
 `param_space_extra` entries are merged over the sweep's own axes, and `search_alg` /
 `scheduler` are any Tune searcher / scheduler (their metrics appear only in some results,
 eval/* in the last one, so strict metric checking is turned off when either is given).
-Results land under ``<storage>/<name>/``: ``sweep.yaml``, one Tune directory per trial,
+With `pack: K` each Tune trial of a λ grid trains K SAEs of one (site, width) together;
+everything below is still per SAE. Results land under ``<storage>/<name>/``: ``sweep.yaml``,
+one Tune directory per trial,
 ``saes/<site>/w<width>-l<λ>-<id>/`` (params.npz, saelens/, result.json),
 ``checkpoints/<trial id>/``, ``frontier.csv|json|png`` and ``cache/<site>/`` for text sweeps.
 """
@@ -29,7 +31,7 @@ from raysae.sweep.callbacks import FrontierCallback
 from raysae.sweep.progress import SweepProgress
 from raysae.sweep.prepare import CONFIG_NAME, prepare_data, sweep_exists, validate
 from raysae.sweep.spec import SweepConfig
-from raysae.sweep.trainable import stream_name, train_sae, trial_name
+from raysae.sweep.trainable import PACK_AXIS, stream_name, train_sae, trial_name
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +61,8 @@ def param_space(config: SweepConfig, extra: dict | None = None, searcher: bool =
 
     With a user's search algorithm (`searcher`), axes become what searchers understand
     (Optuna, HyperOpt, ... reject grid_search): one value stays a constant, several values
-    become `tune.choice`.
+    become `tune.choice`. With `pack` > 1 and no searcher, the λ grid is one of groups of
+    `pack` values (``sparsity_coefficients``): one trial trains each group.
     """
     sp = config.sparsity
 
@@ -74,8 +77,11 @@ def param_space(config: SweepConfig, extra: dict | None = None, searcher: bool =
         lam = tune.loguniform(sp.low, sp.high)
     else:
         lam = tune.uniform(sp.low, sp.high)
-    space = {"site": axis(list(config.sites)), "width": axis(list(config.widths)),
-             "sparsity_coefficient": lam}
+    space = {"site": axis(list(config.sites)), "width": axis(list(config.widths))}
+    if sp.grid and config.pack > 1 and not searcher:
+        space[PACK_AXIS] = tune.grid_search(config.lambda_packs())
+    else:
+        space["sparsity_coefficient"] = lam
     space.update(extra or {})
     return space
 
@@ -114,10 +120,11 @@ def _max_concurrent(config: SweepConfig) -> int:
     return max(1, int(cpus // config.resources.cpus))
 
 
-def _start_brokers(config: SweepConfig, manifests: dict[str, str], resume: bool) -> list:
+def _start_brokers(config: SweepConfig, manifests: dict[str, str], resume: bool,
+                   searcher: bool = False) -> list:
     from raysae.stream import start_brokers
 
-    per_site = config.num_trials() // len(config.sites)
+    per_site = config.num_tune_trials(searcher) // len(config.sites)
     sc = config.stream
     if sc.expect_consumers == 0 and not resume:  # hold the first ring for trials starting together
         sc = dataclasses.replace(sc, expect_consumers=min(per_site, _max_concurrent(config)))
@@ -135,7 +142,7 @@ def _check_param_space(extra: dict | None) -> None:
 
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     for key in extra or {}:
-        if key in ("site", "width", "sparsity_coefficient"):
+        if key in ("site", "width", "sparsity_coefficient", PACK_AXIS):
             continue  # the sweep's own axes, replaced
         if key in _FIXED_BY_THE_SWEEP:
             raise ConfigError(f"param_space_extra.{key}: set by the sweep (the brokers batch "
@@ -161,10 +168,10 @@ def _quiet_tune(verbose: int) -> None:
         DataContext.get_current().enable_progress_bars = False
 
 
-def _display(config: SweepConfig, progress: bool) -> list:
+def _display(config: SweepConfig, progress: bool, searcher: bool = False) -> list:
     if not progress:
         return []
-    return [SweepProgress(config.num_trials(), steps_of=lambda c: config.steps_for(c["width"]),
+    return [SweepProgress(config.num_tune_trials(searcher), steps_of=lambda c: config.steps_for(c["width"]),
                           name_of=trial_name, batch_size=config.train.batch_size)]
 
 
@@ -209,11 +216,12 @@ def run_sweep(config: SweepConfig, *, resume: bool = False, param_space_extra: d
     _quiet_tune(verbose)
     if not ray.is_initialized():
         log.info(connect(log_to_driver=verbose > 1))
-    shown = _display(config, progress)
+    shown = _display(config, progress, search_alg is not None)
     manifests = prepare_data(config, say=shown[0].say if shown else None)
     storage.write_bytes_atomic(storage.join(sweep_url, CONFIG_NAME),
                                yaml.safe_dump(to_dict(config), sort_keys=False).encode())
-    brokers = _start_brokers(config, manifests, resume) if config.shared_stream else []
+    brokers = _start_brokers(config, manifests, resume, search_alg is not None) \
+        if config.shared_stream else []
     trainable = _trainable(config, manifests, search_alg is not None)
     frontier_cb = FrontierCallback(sweep_url, searched=search_alg is not None,
                                    on_written=shown[0].frontier_written if shown else None)

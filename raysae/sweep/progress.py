@@ -1,7 +1,7 @@
 """What a sweep prints while it runs: one line per event, and one live progress display.
 
 `SweepProgress` is a Tune callback in the driver. Events (a trial started, finished or
-failed, the frontier rewritten) are one line each. Progress (per trial: step / total,
+failed, the frontier rewritten) are one line each (a packed trial's finish: one more per SAE). Progress (per trial: step / total,
 tokens/s, L0, FVU, ETA; overall: trials done and ETA) is a live table in a terminal (rich),
 and a plain line every `plain_every_s` seconds when the output is a log or runs under
 `ray job submit`. Tune's own output is off unless the user asks for it (`-v`).
@@ -137,9 +137,17 @@ class SweepProgress(tune.Callback):
         p.status, p.step = "done", p.total
         dl = result.get(names.EVAL_DELTA_LOSS)
         self.on_trial_result(iteration, trials, trial, result)
-        self.say(f"done     {p.name}  L0 {_num(p.l0, '.1f')}  FVU {_num(p.fvu, '.3f')}"
+        members = result.get(names.MEMBERS) or {}
+        self.say(f"done     {p.name}"
+                 + ("" if members else f"  L0 {_num(p.l0, '.1f')}  FVU {_num(p.fvu, '.3f')}")
                  + (f"  dLoss {dl:.4f}" if isinstance(dl, (int, float)) else "")
                  + f"  ({duration(time.monotonic() - p.started)})  {self._done()}/{self.total} done")
+        for key, row in members.items():  # a pack's SAEs, one line each
+            l0, fvu = (next((row[k] for k in keys if isinstance(row.get(k), (int, float))), None)
+                       for keys in ((names.EVAL_L0, names.L0), (names.EVAL_FVU, names.FVU)))
+            dl = row.get(names.EVAL_DELTA_LOSS)
+            self.say(f"         {key}  L0 {_num(l0, '.1f')}  FVU {_num(fvu, '.3f')}"
+                     + (f"  dLoss {dl:.4f}" if isinstance(dl, (int, float)) else ""))
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         p = self.trials.get(trial.trial_id)

@@ -1,7 +1,8 @@
 """The sweep YAML schema: one `SweepConfig` dataclass tree (no Ray here).
 
 A sweep is sites × widths × λ (a grid, or λ drawn by a search algorithm), one SAE per
-point, all trials of a site reading one shared stream. `load_sweep(url, overrides)` reads
+point, all trials of a site reading one shared stream. With `pack: K` a trial trains K grid
+λ values of one (site, width) together (`raysae.train.pack`); each is still an SAE of its own. `load_sweep(url, overrides)` reads
 the YAML with errors naming the field; `raysae.sweep.prepare.validate` then checks what
 needs the outside world. sweeps/tiny.yaml is a commented example of every section.
 """
@@ -171,6 +172,8 @@ class SweepConfig:
     resources: ResourcesSpec = dataclasses.field(default_factory=ResourcesSpec)
     concurrency: int = 0           # max trials at once; 0: as many as resources allow
     failure: FailureSpec = dataclasses.field(default_factory=FailureSpec)
+    pack: int = 1                  # grid λ values of one (site, width) trained per trial, in
+                                   # one vmapped step on one batch (1: one SAE per trial)
 
     def __post_init__(self):
         check(bool(self.name) and "/" not in self.name and ":" not in self.name, "name",
@@ -189,6 +192,7 @@ class SweepConfig:
             check(t >= self.train.batch_size, f"tokens_by_width.{w}",
                   f"must be at least one batch (train.batch_size={self.train.batch_size}), got {t}")
         check(self.concurrency >= 0, "concurrency", f"must be >= 0, got {self.concurrency}")
+        check(self.pack >= 1, "pack", f"must be >= 1, got {self.pack}")
 
     # --- derived ---------------------------------------------------------------------------
     def steps_for(self, width: int) -> int:
@@ -250,8 +254,21 @@ class SweepConfig:
                                    data=data, final_eval=final_eval)
 
     def num_trials(self) -> int:
+        """SAEs the sweep trains (one per point, packed or not)."""
         per = len(self.sparsity.grid) if self.sparsity.grid else self.sparsity.num_samples
         return len(self.sites) * len(self.widths) * per
+
+    def lambda_packs(self) -> list[list[float]]:
+        """The grid's λ values, `pack` at a time (the last group may be smaller); [] when λ
+        comes from a distribution (its points stay one per trial)."""
+        grid = list(self.sparsity.grid)
+        return [grid[i:i + self.pack] for i in range(0, len(grid), self.pack)]
+
+    def num_tune_trials(self, searcher: bool = False) -> int:
+        """Tune trials the sweep runs: one per pack of grid λ values, else one per SAE."""
+        if self.pack == 1 or searcher or not self.sparsity.grid:
+            return self.num_trials()
+        return len(self.sites) * len(self.widths) * len(self.lambda_packs())
 
 
 def load_sweep(url: str, overrides: list[str] | None = None) -> SweepConfig:

@@ -1,13 +1,14 @@
-"""The Tune trainable: one JumpReLU SAE per trial (`train_sae`, wrapped by `launch`).
+"""The Tune trainable: one JumpReLU SAE per trial, or a pack of them (`train_sae`).
 
 It turns the trial's point (``site``, ``width``, ``sparsity_coefficient``, plus any recipe
-field a user's param_space varies) into a `TrialPlan` and runs `trial.run_trial` in its own
+field a user's param_space varies; a packed trial has ``sparsity_coefficients``, one SAE
+per value, each keyed as it would be alone) into a `TrialPlan` and runs `trial.run_trial` in its own
 process, or in every process of a JaxTrainer job for multi-host / TPU-slice resources.
 Checkpoints live under ``<sweep>/checkpoints/<trial id>/``; Tune holds a pointer to the
 newest (for a multi-host trial, with its final result: Ray Train forwards only metrics), and
 a restarted trial's loop resumes from the newest checkpoint there. A fresh trial joins the
-shared stream live. A trial whose ``result.json`` exists (it finished just before a driver
-restart) reports it again.
+shared stream live. A trial whose SAEs all have their ``result.json`` (it finished just
+before a driver restart) reports them again.
 """
 
 from __future__ import annotations
@@ -26,9 +27,20 @@ from raysae import storage
 from raysae.sites import SAESite
 from raysae.sweep.pointer import pointer_dir, read_pointer
 from raysae.sweep.spec import SweepConfig
-from raysae.sweep.trial import TrialPlan, run_trial
+from raysae.sweep.trial import SAEPlan, TrialPlan, final_report, run_trial
 
-AXES = ("site", "width", "sparsity_coefficient")  # the sweep's axes; other params are recipe fields
+PACK_AXIS = "sparsity_coefficients"  # a packed trial's λ values, one SAE each
+# the sweep's axes; other params are recipe fields
+AXES = ("site", "width", "sparsity_coefficient", PACK_AXIS)
+
+
+def members_of(params: dict) -> list[dict]:
+    """The points of the SAEs a trial trains: its own, or one per λ of a packed trial (each
+    the point that SAE would have as a trial of its own)."""
+    if PACK_AXIS not in params:
+        return [params]
+    rest = {k: v for k, v in params.items() if k != PACK_AXIS}
+    return [{**rest, "sparsity_coefficient": float(lam)} for lam in params[PACK_AXIS]]
 
 
 def stream_name(config: SweepConfig, site: str) -> str:
@@ -37,9 +49,10 @@ def stream_name(config: SweepConfig, site: str) -> str:
 
 
 def trial_name(params: dict) -> str:
-    """Short, readable, path-safe trial name: res_1-w256-l0.003."""
+    """Short, readable, path-safe trial name: res_1-w256-l0.003 (a pack: -l0.001+0.003)."""
+    lams = params[PACK_AXIS] if PACK_AXIS in params else [params["sparsity_coefficient"]]
     return (f"{SAESite.parse(params['site']).slug}-w{int(params['width'])}"
-            f"-l{float(params['sparsity_coefficient']):.4g}")
+            f"-l{'+'.join(f'{float(lam):.4g}' for lam in lams)}")
 
 
 def trial_key(params: dict, tune_id: str | None = None) -> str:
@@ -97,7 +110,8 @@ def _report_callback():
 
     class _Report(TuneReportCallback):
         def after_report(self, run_context, metrics, checkpoint):
-            if names.SAE_URL in metrics[0]:
+            if names.SAE_URL in metrics[0] or any(
+                    names.SAE_URL in m for m in metrics[0].get(names.MEMBERS, {}).values()):
                 return
             metrics = [{k: v for k, v in m.items() if k != "done"} for m in metrics]
             super().after_report(run_context, metrics, checkpoint)
@@ -124,9 +138,8 @@ def _run_workers(config: SweepConfig, plan: TrialPlan) -> None:
     run_workers(run_trial, plan, scaling,
                 run_config=RunConfig(name=f"train-{plan.trial_id}", storage_path=path,
                                      storage_filesystem=fs, callbacks=[_report_callback()]))
-    # Process 0 wrote the final row last; report it from here, with Tune's pointer.
-    tune_report(json.loads(storage.read_bytes(plan.result_url)),
-                latest_checkpoint(plan.checkpoint_url))
+    # Process 0 wrote the final rows last; report them from here, with Tune's pointer.
+    tune_report(final_report(plan), latest_checkpoint(plan.checkpoint_url))
 
 
 def train_sae(params: dict, *, sweep: SweepConfig, manifests: dict[str, str],
@@ -134,7 +147,8 @@ def train_sae(params: dict, *, sweep: SweepConfig, manifests: dict[str, str],
     """The Tune function trainable of one trial (wrap it with `tune.with_parameters`).
 
     Args:
-        params: the trial's point: site, width, sparsity_coefficient, maybe recipe fields.
+        params: the trial's point: site, width, sparsity_coefficient (a pack:
+            sparsity_coefficients), maybe recipe fields.
         sweep: the sweep's config (the object: it knows which recipe values were derived).
         manifests: {site: activation cache URL}.
         searched: a user's search algorithm proposes the points (see `trial_key`).
@@ -143,24 +157,29 @@ def train_sae(params: dict, *, sweep: SweepConfig, manifests: dict[str, str],
 
     config = sweep
     site = str(SAESite.parse(params["site"]))
-    tc = config.trial_train_config(params["width"], params["sparsity_coefficient"], site)
-    extra = {k: v for k, v in params.items() if k not in AXES}
-    if extra:  # a user's param_space may vary other recipe knobs (lr, bandwidth, ...)
-        tc = tc.with_(**extra)
     tune_id = tune.get_context().get_trial_id() if searched else None
-    trial_id = trial_key(params, tune_id)  # stable across driver restarts
-    url = sae_url(config, trial_id)
+    saes = []
+    for point in members_of(params):
+        tc = config.trial_train_config(point["width"], point["sparsity_coefficient"], site)
+        extra = {k: v for k, v in point.items() if k not in AXES}
+        if extra:  # a user's param_space may vary other recipe knobs (lr, bandwidth, ...)
+            tc = tc.with_(**extra)
+        key = trial_key(point, tune_id)  # stable across driver restarts
+        saes.append(SAEPlan(trial_id=key, sae_url=sae_url(config, key), train=tc))
+    # a pack's checkpoints and stream position are the trial's, under its own key
+    trial_id = saes[0].trial_id if len(saes) == 1 else trial_key(params)
     ckpt_url = checkpoint_root(config, trial_id)
     pointer = tune.get_checkpoint()
     if pointer is not None:  # the same root unless the sweep's storage moved
         with pointer.as_directory() as d:
             ckpt_url = read_pointer(d)[0].rsplit("/", 1)[0]
-    plan = TrialPlan(sweep=config, site=site, train=tc, manifest_url=manifests[params["site"]],
-                     trial_id=trial_id, sae_url=url, checkpoint_url=ckpt_url,
+    plan = TrialPlan(sweep=config, site=site, saes=tuple(saes),
+                     manifest_url=manifests[params["site"]], trial_id=trial_id,
+                     checkpoint_url=ckpt_url,
                      stream=stream_name(config, site) if config.shared_stream else None)
-    if storage.exists(plan.result_url):
+    if all(storage.exists(s.result_url) for s in plan.saes):
         # Finished before a driver restart that Tune's state snapshot did not see yet.
-        tune.report(json.loads(storage.read_bytes(plan.result_url)))
+        tune.report(final_report(plan))
         return
     if plan.stream is not None and not checkpoints(ckpt_url):
         # A fresh trial joins the live stream; every process of the trial at the same batch.

@@ -3,7 +3,8 @@
 Layout under a run's checkpoint URL::
 
     step-000001000/state.npz    every leaf of TrainState (params, optax state, counters)
-    step-000001000/meta.json    step, C, d, the TrainConfig, the data position
+    step-000001000/meta.json    step, C, d, the TrainConfig, the data position (and a
+                                pack's member configs: its leaves are stacked)
     latest                      name of the newest complete checkpoint
 
 Each file is written atomically and `meta.json` is written after `state.npz`, then
@@ -28,6 +29,7 @@ from raysae import storage
 from raysae.config import from_dict, to_dict
 from raysae.train.config import TrainConfig
 from raysae.train.optimizer import ScaleByAdamB1ZeroState
+from raysae.train.pack import PACKED_FIELDS, Pack, stack
 from raysae.train.step import TrainState, init_state
 
 LATEST = "latest"
@@ -54,6 +56,7 @@ class Checkpoint:
     config: TrainConfig
     data_position: int            # the data source's position after the last batch trained on
     url: str
+    pack: Pack | None = None      # a packed run's members (the state is stacked)
 
 
 def _name(step: int) -> str:
@@ -68,18 +71,19 @@ def host_array(x) -> np.ndarray:
     return np.asarray(x)
 
 
-def save_checkpoint(url: str, state: TrainState, *, config: TrainConfig, norm_scalar: float,
-                    d: int, d_out: int, data_position: int, write: bool = True) -> str:
+def save_checkpoint(url: str, state: TrainState, *, config: TrainConfig | Pack,
+                    norm_scalar: float, d: int, d_out: int, data_position: int,
+                    write: bool = True) -> str:
     """Write a checkpoint of `state` under `url`, keeping the last `config.keep_checkpoints`.
 
     In a multi-process job every process must call this (gathering is collective); only
-    the one with `write=True` touches storage.
+    the one with `write=True` touches storage. For a `Pack` the state is the stacked one.
 
     Returns:
         The checkpoint's URL (``<url>/step-NNNNNNNNN``).
     """
     leaves = [host_array(x) for x in jax.tree_util.tree_leaves(state)]
-    step = int(host_array(state.step))
+    step = int(np.max(host_array(state.step)))  # a pack's members are at the same step
     name = _name(step)
     ckpt_url = storage.join(url, name)
     if not write:
@@ -88,9 +92,13 @@ def save_checkpoint(url: str, state: TrainState, *, config: TrainConfig, norm_sc
     np.savez(buf, **{f"leaf_{i:04d}": a for i, a in enumerate(leaves)})
     data = buf.getvalue()
     storage.write_bytes_atomic(storage.join(ckpt_url, "state.npz"), data)
+    pack = config if isinstance(config, Pack) else None
+    config = pack.base if pack else config
     meta = {"step": step, "norm_scalar": float(norm_scalar), "d": int(d), "d_out": int(d_out),
             "config": to_dict(config), "data_position": int(data_position),
             "num_leaves": len(leaves), "state_sha256": hashlib.sha256(data).hexdigest()}
+    if pack is not None:
+        meta["members"] = [to_dict(c) for c in pack.members]
     storage.write_bytes_atomic(storage.join(ckpt_url, "meta.json"),
                                json.dumps(meta, indent=2).encode())
     storage.write_bytes_atomic(storage.join(url, LATEST), name.encode())
@@ -122,7 +130,7 @@ def latest_checkpoint(url: str) -> str | None:
     return ckpt
 
 
-def load_latest(url: str, config: TrainConfig | None = None) -> Checkpoint | None:
+def load_latest(url: str, config: TrainConfig | Pack | None = None) -> Checkpoint | None:
     """The newest checkpoint under `url` that loads, falling back to older ones.
 
     A directory without meta.json is a checkpoint that was never completed (meta.json is
@@ -183,13 +191,13 @@ def _template_for(template: TrainState, num_arrays: int):
     return legacy, from_legacy
 
 
-def load_checkpoint(ckpt_url: str, config: TrainConfig | None = None) -> Checkpoint:
+def load_checkpoint(ckpt_url: str, config: TrainConfig | Pack | None = None) -> Checkpoint:
     """Load one checkpoint directory.
 
     Args:
         ckpt_url: a ``step-N`` directory (see `latest_checkpoint`).
         config: the run's recipe, which must agree on width and transcoder (default: the
-            checkpoint's own).
+            checkpoint's own); a `Pack` must also agree on its members' λ, lr and seed.
     Returns:
         A `Checkpoint`.
     Raises:
@@ -201,16 +209,22 @@ def load_checkpoint(ckpt_url: str, config: TrainConfig | None = None) -> Checkpo
         saved = from_dict(TrainConfig, meta["config"])
         for key in ("step", "norm_scalar", "d", "d_out", "data_position"):
             meta[key]  # noqa: B018 - every field must be there
+        saved_pack = Pack(tuple(from_dict(TrainConfig, c) for c in meta["members"])) \
+            if "members" in meta else None
     except FileNotFoundError:
         raise CorruptCheckpoint(f"{meta_url}: missing (incomplete checkpoint)") from None
     except (ValueError, KeyError, TypeError) as e:  # JSON, missing fields, a bad config
         raise CorruptCheckpoint(f"{meta_url}: unreadable ({type(e).__name__}: {e})") from None
+    _check_pack(meta_url, saved_pack, config)
     config = saved if config is None else config
+    config = config.base if isinstance(config, Pack) else config
     if config.width != saved.width or config.transcoder != saved.transcoder:
         raise CheckpointError(f"{meta_url}: checkpoint has width={saved.width}, "
                               f"transcoder={saved.transcoder}; run wants width={config.width}, "
                               f"transcoder={config.transcoder}")
     template = init_state(config, meta["d"], d_out=meta["d_out"], key=jax.random.PRNGKey(0))
+    if saved_pack is not None:
+        template = stack([template] * len(saved_pack))
     state_url = storage.join(ckpt_url, "state.npz")
     try:
         data = storage.read_bytes(state_url)
@@ -238,4 +252,21 @@ def load_checkpoint(ckpt_url: str, config: TrainConfig | None = None) -> Checkpo
         treedef, [jax.numpy.asarray(a, dtype=t.dtype) for a, t in zip(arrays, leaves)]))
     return Checkpoint(state=state, step=meta["step"], norm_scalar=meta["norm_scalar"],
                       d=meta["d"], d_out=meta["d_out"], config=saved,
-                      data_position=meta["data_position"], url=ckpt_url)
+                      data_position=meta["data_position"], url=ckpt_url, pack=saved_pack)
+
+
+def _check_pack(meta_url: str, saved: Pack | None, run) -> None:
+    """A packed checkpoint resumes only the same pack; an unpacked one only a lone run."""
+    if run is None:
+        return
+    wanted = run if isinstance(run, Pack) else None
+    if (saved is None) != (wanted is None):
+        raise CheckpointError(f"{meta_url}: a {'packed' if saved else 'lone'} checkpoint, but "
+                              f"this run trains {'a pack' if wanted else 'one SAE'}")
+    if saved is None:
+        return
+    key = [tuple(getattr(c, f) for f in PACKED_FIELDS) for c in saved.members]
+    want = [tuple(getattr(c, f) for f in PACKED_FIELDS) for c in wanted.members]
+    if key != want:
+        raise CheckpointError(f"{meta_url}: checkpoint's pack has members "
+                              f"({', '.join(PACKED_FIELDS)}) {key}; this run's {want}")

@@ -5,7 +5,9 @@ places each batch on the mesh in a prefetch thread, runs the step (which divides
 one place the normalisation is applied), logs every `log_every` steps, checkpoints every
 `checkpoint_every` steps and resumes from the latest checkpoint under `checkpoint_url`,
 reproducing an uninterrupted run exactly when the source is deterministic. In a
-multi-process job every process calls `train` with the same arguments.
+multi-process job every process calls `train` with the same arguments. Given a `Pack`
+(`raysae.train.pack`) it trains the pack's SAEs together on the same batches: the state is
+stacked, history rows hold one value per member, `TrainResult.member(i)` is one SAE's.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from raysae.sae.params import SAEParams
 from raysae.train.checkpoint import CheckpointError, host_array, load_latest, save_checkpoint
 from raysae.train.config import TrainConfig
 from raysae.train.mesh import BATCH_SPEC, MeshSplit, mesh_for
+from raysae.train.pack import Pack, member, member_row
 from raysae.train.sharded import ShardedStep, local_rows, place_batch, prefetch
 from raysae.train.source import as_source, close
 from raysae.train.step import TrainState, init_state
@@ -50,6 +53,21 @@ class TrainResult:
     data_position: int           # the source's position after the last batch trained on
     seconds: float
     truncated: bool = False      # the data ran out before config.steps
+    pack: Pack | None = None     # a packed run: params, state and history values per member
+
+    def member(self, i: int) -> "TrainResult":
+        """Member `i` of a packed run's result, as a lone run's result."""
+        if self.pack is None:
+            raise ValueError("member: this result is not a pack's")
+        return dataclasses.replace(
+            self, params=member(self.params, i), folded=member(self.folded, i),
+            state=member(self.state, i), history=[member_row(r, i) for r in self.history],
+            pack=None)
+
+
+def _count(x) -> int:
+    """A state's counter (`step`, `first_bad_step`) as an int; a pack's members agree."""
+    return int(np.max(host_array(x)))
 
 
 def _check_batch(batch: Any, width: int | None, where: str, rows: int | None = None) -> None:
@@ -77,7 +95,7 @@ def _agree_on_resume(step: int, position: int | None, where: str | None) -> None
             f"step {int(first[0])}: every host must see the same checkpoint storage")
 
 
-def train(config: TrainConfig, data: Any, *, norm_scalar: float, d: int | None = None,
+def train(config: TrainConfig | Pack, data: Any, *, norm_scalar: float, d: int | None = None,
           d_out: int | None = None, checkpoint_url: str | None = None, resume: bool = True,
           on_metrics: Callable[[int, dict[str, float]], None] | None = None,
           on_checkpoint: Callable[[str, int], None] | None = None,
@@ -86,10 +104,10 @@ def train(config: TrainConfig, data: Any, *, norm_scalar: float, d: int | None =
           on_split: Callable[[MeshSplit], None] | None = None,
           on_start: Callable[[int, int], None] | None = None,
           write_checkpoints: bool | None = None) -> TrainResult:
-    """Train one SAE (or transcoder) per `config`.
+    """Train one SAE (or transcoder) per `config`, or every member of a `Pack` at once.
 
     Args:
-        config: the recipe.
+        config: the recipe, or a `Pack` of recipes (one SAE each, on the same batches).
         data: a `BatchSource` (e.g. `raysae.data.LocalSource`), a callable `start -> iterable`
             or an iterable of raw [B, d] batches ([B, d_in + d_out] side by side for a
             transcoder; with `local_batches` only this process's rows of each batch).
@@ -105,7 +123,8 @@ def train(config: TrainConfig, data: Any, *, norm_scalar: float, d: int | None =
             device of the job, split by `mesh.mesh_for`).
         local_batches: each process's source yields only its rows of every global batch.
         prefetch_batches: batches read and placed ahead, in a thread.
-        state: a state to start from (e.g. around an unfolded release) instead of the init.
+        state: a state to start from (e.g. around an unfolded release) instead of the init
+            (stacked, for a pack).
         on_split: called with the chosen data × model split.
         on_start: called as (step, position) once training starts (step > 0 after a resume).
         write_checkpoints: whether this process writes (default: process 0 only).
@@ -118,23 +137,25 @@ def train(config: TrainConfig, data: Any, *, norm_scalar: float, d: int | None =
     if not (isinstance(norm_scalar, (int, float)) and np.isfinite(norm_scalar) and norm_scalar > 0):
         raise ValueError(f"norm_scalar: C must be a positive number, got {norm_scalar!r}")
     norm_scalar = float(norm_scalar)
+    pack = config if isinstance(config, Pack) else None
+    config = pack.base if pack is not None else config
     t0 = time.perf_counter()
     write = jax.process_index() == 0 if write_checkpoints is None else write_checkpoints
     position: int | None = None
     if checkpoint_url and resume:
-        ckpt = load_latest(checkpoint_url, config)  # older ones stand in for a corrupt newest
+        ckpt = load_latest(checkpoint_url, pack or config)  # older ones stand in for a corrupt newest
         if ckpt is not None:
             if not np.isclose(ckpt.norm_scalar, norm_scalar, rtol=1e-6):
                 raise CheckpointError(f"{ckpt.url}: trained with C={ckpt.norm_scalar}, but this "
                                       f"run divides by C={norm_scalar} (different data?)")
             state, position, d, d_out = ckpt.state, ckpt.data_position, ckpt.d, ckpt.d_out
             log.info("resuming from %s (step %d, batch %d)", ckpt.url, ckpt.step, position)
-        _agree_on_resume(int(host_array(state.step)) if state is not None else 0, position,
+        _agree_on_resume(_count(state.step) if state is not None else 0, position,
                          checkpoint_url)
 
-    run = _Run(config, norm_scalar, checkpoint_url, write, on_metrics, on_checkpoint)
+    run = _Run(config, norm_scalar, checkpoint_url, write, on_metrics, on_checkpoint, pack)
     run.describe = None
-    if state is not None and int(host_array(state.step)) >= config.steps:  # already done
+    if state is not None and _count(state.step) >= config.steps:  # already done
         run.begin(state, d, d_out, position or 0)
         if on_start:
             on_start(run.step0, run.start)
@@ -156,7 +177,8 @@ def train(config: TrainConfig, data: Any, *, norm_scalar: float, d: int | None =
             mesh, split = mesh_for(config, d, devices)
             if on_split:
                 on_split(split)
-        step_fn = ShardedStep(config, mesh, norm_scalar)
+        step_fn = ShardedStep(config, mesh, norm_scalar,
+                              knobs=pack.knobs() if pack is not None else None)
         sharding = NamedSharding(mesh, BATCH_SPEC)
         rows = config.batch_size if local_batches else None
         width = d + d_out if config.transcoder else d
@@ -178,7 +200,8 @@ def train(config: TrainConfig, data: Any, *, norm_scalar: float, d: int | None =
                 yield batches.position, batch
 
         if state is None:
-            state = init_state(config, d, d_out=d_out)
+            state = init_state(config, d, d_out=d_out) if pack is None else \
+                pack.init_state(d, d_out=d_out)
         state = step_fn.place_state(state)
         run.begin(state, d, d_out, first_index)
         if on_start:
@@ -198,21 +221,23 @@ def train(config: TrainConfig, data: Any, *, norm_scalar: float, d: int | None =
 class _Run:
     """The loop's bookkeeping: step count, position, history, checkpoints, NaN checks."""
 
-    def __init__(self, config, norm_scalar, checkpoint_url, write, on_metrics, on_checkpoint):
+    def __init__(self, config, norm_scalar, checkpoint_url, write, on_metrics, on_checkpoint,
+                 pack=None):
         self.config, self.C, self.url, self.write = config, norm_scalar, checkpoint_url, write
+        self.pack = pack
         self.on_metrics, self.on_checkpoint = on_metrics, on_checkpoint
         self.history: list[dict[str, float]] = []
         self.step0 = None
         self.metrics = None
 
     def begin(self, state: TrainState, d: int, d_out: int, position: int) -> None:
-        self.step = self.step0 = int(host_array(state.step))
-        self.d = state.params.W_enc.shape[0] if d is None else d
-        self.d_out = state.params.W_dec.shape[1] if d_out is None else d_out
+        self.step = self.step0 = _count(state.step)
+        self.d = state.params.W_enc.shape[-2] if d is None else d
+        self.d_out = state.params.W_dec.shape[-1] if d_out is None else d_out
         self.position = self.start = position
 
     def _sync(self, state: TrainState, metrics, step: int) -> None:
-        bad = int(host_array(state.first_bad_step))
+        bad = _count(state.first_bad_step)
         if bad >= 0:
             g = self.start + bad - self.step0
             where = f" ({self.describe(g)})" if self.describe else ""
@@ -221,7 +246,7 @@ class _Run:
                 "updated with it"
                 + (f"; the last checkpoint under {self.url} is intact" if self.url else ""))
         if metrics is not None:
-            row = {k: float(v) for k, v in metrics._asdict().items()}
+            row = {k: np.asarray(v, np.float64).tolist() for k, v in metrics._asdict().items()}
             row[names.STEP] = step
             row[names.TOKENS] = step * self.config.batch_size
             self.history.append(row)
@@ -229,7 +254,8 @@ class _Run:
                 self.on_metrics(step, row)
 
     def _checkpoint(self, state: TrainState, step: int) -> None:
-        url = save_checkpoint(self.url, state, config=self.config, norm_scalar=self.C,
+        url = save_checkpoint(self.url, state, config=self.pack or self.config,
+                              norm_scalar=self.C,
                               d=self.d, d_out=self.d_out, data_position=self.position,
                               write=self.write)
         if self.on_checkpoint:
@@ -247,7 +273,7 @@ class _Run:
             self._sync(state, metrics, self.step)
 
     def finish(self, state: TrainState, t0: float) -> TrainResult:
-        step = int(host_array(state.step))
+        step = _count(state.step)
         logged = self.history and self.history[-1][names.STEP] == step
         self._sync(state, None if logged else self.metrics, step)
         if self.url and step % self.config.checkpoint_every != 0 and step > self.step0:
@@ -257,8 +283,13 @@ class _Run:
             log.warning("the data ran out after %d of %d steps", step, self.config.steps)
         # host_array gathers arrays sharded across processes (every process gets here).
         params = jax.tree.map(host_array, state.params)
-        return TrainResult(params=params,
-                           folded=fold(params, self.C, pre_encoder_bias=not self.config.transcoder),
-                           norm_scalar=self.C, state=state, history=self.history, steps=step,
-                           data_position=self.position, seconds=time.perf_counter() - t0,
-                           truncated=truncated)
+        bias = not self.config.transcoder
+        if self.pack is None:
+            folded = fold(params, self.C, pre_encoder_bias=bias)
+        else:
+            folded = SAEParams(*map(np.stack, zip(*(
+                fold(member(params, i), self.C, pre_encoder_bias=bias)
+                for i in range(len(self.pack))))))
+        return TrainResult(params=params, folded=folded, norm_scalar=self.C, state=state,
+                           history=self.history, steps=step, data_position=self.position,
+                           seconds=time.perf_counter() - t0, truncated=truncated, pack=self.pack)

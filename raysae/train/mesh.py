@@ -59,18 +59,22 @@ def state_specs(state: Any) -> Any:
 
     SAEParams nodes (params, Adam mu and nu) get PARAM_SPECS; a leaf of rank 1 whose
     length is the width (`last_fired`) is split on "model"; everything else is replicated.
+    A packed state (`raysae.train.pack`: W_enc [K, d, M]) gets the same specs behind an
+    unsplit member axis.
     """
-    width = None
+    width, packed = None, False
     for node in jax.tree_util.tree_leaves(state, is_leaf=_is_params):
         if _is_params(node):
-            width = node.W_enc.shape[1]
+            width, packed = node.W_enc.shape[-1], len(node.W_enc.shape) == 3
             break
+    lead = (None,) if packed else ()
 
     def spec(node):
         if _is_params(node):
-            return PARAM_SPECS
-        if width is not None and getattr(node, "ndim", 0) == 1 and node.shape[0] == width:
-            return P(MODEL)
+            return SAEParams(*(P(*lead, *s) for s in PARAM_SPECS))
+        if width is not None and getattr(node, "ndim", 0) == 1 + packed and \
+                node.shape[-1] == width:
+            return P(*lead, MODEL)
         return P()
 
     return jax.tree.map(spec, state, is_leaf=_is_params)

@@ -89,11 +89,13 @@ def project_decoder_grads() -> optax.GradientTransformation:
     return optax.GradientTransformation(init_fn, update_fn)
 
 
-def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+def make_optimizer(config: TrainConfig, lr=None) -> optax.GradientTransformation:
     """The recipe's optax chain (module docstring); β₁ = 0 stores no first moment.
 
     Args:
         config: the recipe (clipping, projection, Adam's β and eps, the lr schedule).
+        lr: a traced scalar replacing config.lr (a packed step's per-member lr); the
+            optimiser state does not depend on it.
     Returns:
         The chain; its state's Adam entry is a `ScaleByAdamB1ZeroState` when
         `config.adam_b1 == 0`, else optax's `ScaleByAdamState`.
@@ -106,7 +108,7 @@ def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
     parts += [
         scale_by_adam_b1_zero(b2=config.adam_b2, eps=config.adam_eps) if config.adam_b1 == 0
         else optax.scale_by_adam(b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps),
-        optax.scale_by_learning_rate(lr_schedule(config)),
+        optax.scale_by_learning_rate(lr_schedule(config, lr)),
     ]
     return optax.chain(*parts)
 

@@ -31,10 +31,12 @@ def linear_warmup(final: float, warmup_steps: int, start_fraction: float = 0.0):
     return schedule
 
 
-def lr_schedule(config):
+def lr_schedule(config, peak=None):
     """The recipe's lr: cosine warmup, then constant, then (if config.lr_decay_steps) a linear
-    decay to 0 over the last lr_decay_steps steps."""
-    warm = cosine_warmup(config.lr, config.lr_warmup_steps, config.lr_warmup_start)
+    decay to 0 over the last lr_decay_steps steps. `peak` (a traced scalar in a packed step)
+    replaces config.lr."""
+    warm = cosine_warmup(config.lr if peak is None else peak, config.lr_warmup_steps,
+                         config.lr_warmup_start)
     if not config.lr_decay_steps:
         return warm
     n = min(config.lr_decay_steps, config.steps)

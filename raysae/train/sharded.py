@@ -20,7 +20,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from raysae.train.checkpoint import host_array
 from raysae.train.config import TrainConfig
 from raysae.train.mesh import BATCH_SPEC, shardings, state_specs
-from raysae.train.step import TrainState, train_step
+from raysae.train.pack import packed_train_step
+from raysae.train.step import Knobs, TrainState, train_step
 
 
 def state_shardings(mesh: Mesh, state: Any) -> Any:
@@ -132,11 +133,15 @@ class ShardedStep:
     """The train step for `config` on `mesh`, on raw batches divided by C here.
 
     `step(state, x)` or `step(state, x, target)`; compiles on first use from the state's
-    shapes. `place_state` puts a host state (fresh or from a checkpoint) on the mesh.
+    shapes. `place_state` puts a host state (fresh or from a checkpoint) on the mesh. With
+    `knobs` (a pack's λ and lr, `raysae.train.pack`) the state is stacked and every member
+    steps on the same batch.
     """
 
-    def __init__(self, config: TrainConfig, mesh: Mesh, norm_scalar: float):
+    def __init__(self, config: TrainConfig, mesh: Mesh, norm_scalar: float,
+                 knobs: Knobs | None = None):
         self.config, self.mesh, self.norm_scalar = config, mesh, float(norm_scalar)
+        self.knobs = knobs
         self.batch_sharding = NamedSharding(mesh, BATCH_SPEC)
         self._jitted: dict[bool, Callable] = {}
         self._state_sh = None
@@ -153,12 +158,17 @@ class ShardedStep:
         if has_target not in self._jitted:
             state_sh = self._state_sh = state_shardings(self.mesh, jax.eval_shape(lambda: state))
             replicated = NamedSharding(self.mesh, P())
-            config, C = self.config, self.norm_scalar
+            config, C, knobs = self.config, self.norm_scalar, self.knobs
+            if knobs is None:
+                step = train_step
+            else:
+                def step(s, x, t, config):
+                    return packed_train_step(s, x, t, config, knobs)
             if has_target:
-                fn = lambda s, x, t: train_step(s, x / C, t / C, config)  # noqa: E731
+                fn = lambda s, x, t: step(s, x / C, t / C, config)  # noqa: E731
                 ins = (state_sh, self.batch_sharding, self.batch_sharding)
             else:
-                fn = lambda s, x: train_step(s, x / C, None, config)  # noqa: E731
+                fn = lambda s, x: step(s, x / C, None, config)  # noqa: E731
                 ins = (state_sh, self.batch_sharding)
             self._jitted[has_target] = jax.jit(fn, in_shardings=ins,
                                                out_shardings=(state_sh, replicated),

@@ -34,6 +34,14 @@ class TrainState(NamedTuple):
     first_bad_step: jax.Array  # int32 scalar: first step with a non-finite batch (-1: none)
 
 
+class Knobs(NamedTuple):
+    """The recipe scalars that may differ between the SAEs of a pack (`raysae.train.pack`):
+    arrays in the step, in place of the config's values."""
+
+    sparsity_coefficient: jax.Array  # λ
+    lr: jax.Array                    # peak learning rate
+
+
 class StepMetrics(NamedTuple):
     """One step's scalars (named as in `raysae.metrics`)."""
 
@@ -93,7 +101,7 @@ def init_state(config: TrainConfig, d: int, *, d_out: int | None = None,
 
 
 def train_step(state: TrainState, x: jax.Array, target: jax.Array | None,
-               config: TrainConfig) -> tuple[TrainState, StepMetrics]:
+               config: TrainConfig, knobs: Knobs | None = None) -> tuple[TrainState, StepMetrics]:
     """One optimisation step (pure; jit it, or use `ShardedStep`, which divides by C first).
 
     Args:
@@ -101,14 +109,16 @@ def train_step(state: TrainState, x: jax.Array, target: jax.Array | None,
         x: [B, d_in] inputs, already divided by C.
         target: [B, d_out] transcoder targets (divided by the input's C), or None for an SAE.
         config: the recipe.
+        knobs: λ and lr for this SAE instead of the config's (one member of a pack).
     Returns:
         (the new state, this step's `StepMetrics`); a non-finite batch leaves the state as
         it was and records its step in `first_bad_step`.
     """
-    optimizer = make_optimizer(config)
-    lam = linear_warmup(config.sparsity_coefficient, config.sparsity_warmup_steps,
+    peak_lam, peak_lr = (config.sparsity_coefficient, None) if knobs is None else knobs
+    optimizer = make_optimizer(config, peak_lr)
+    lam = linear_warmup(peak_lam, config.sparsity_warmup_steps,
                         config.sparsity_warmup_start)(state.step)
-    lr = lr_schedule(config)(state.step)
+    lr = lr_schedule(config, peak_lr)(state.step)
     silent = (state.step - state.last_fired) > config.dead_preact_window_steps
 
     if decoder_path(config, x.shape[0], x.shape[1]) == "sparse":

@@ -66,3 +66,18 @@ def test_live_table_and_frontier_lines():
 
 def test_durations():
     assert [duration(s) for s in (None, 12, 185, 3720)] == ["?", "12s", "3m05s", "1h02m"]
+
+
+def test_a_packed_trial_says_one_line_per_sae():
+    out = io.StringIO()
+    p = display(out, live=False)
+    pack = trial("p", 64, "0.01+0.1")
+    p.on_trial_start(0, [], pack)
+    pack.last_result = {"step": 100, "members": {
+        "res_1-w64-l0.01-aa": {"step": 100, "eval/l0": 9.5, "eval/fvu": 0.12},
+        "res_1-w64-l0.1-bb": {"step": 100, "l0": 2.0, "fvu": 0.3, "eval/delta_loss": 0.5}}}
+    p.on_trial_complete(0, [], pack)
+    lines = out.getvalue().splitlines()
+    assert lines[1].startswith("done     w64-l0.01+0.1  (") and lines[1].endswith("1/3 done")
+    assert lines[2:] == ["         res_1-w64-l0.01-aa  L0 9.5  FVU 0.120",
+                         "         res_1-w64-l0.1-bb  L0 2.0  FVU 0.300  dLoss 0.5000"]

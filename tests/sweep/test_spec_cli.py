@@ -84,6 +84,8 @@ def test_check_accepts_a_good_file_and_counts_trials(capsys, sweep_yaml):
     code, out, _ = run_cli(capsys, sweep_yaml, "--check", "--set", "tokens=25600")
     assert code == 0
     assert "4 trials, 100 steps each" in out
+    code, out, _ = run_cli(capsys, sweep_yaml, "--check", "--set", "tokens=25600", "--set", "pack=2")
+    assert code == 0 and "4 SAEs in 2 packed trials, 100 steps each" in out
 
 
 def test_resume_without_a_sweep_is_an_error(capsys, sweep_yaml):
@@ -108,6 +110,35 @@ def test_param_space_grid_and_distribution(sweep_yaml):
         load_sweep(str(sweep_yaml), ["sparsity={distribution: loguniform, low: 0, high: 1}"])
 
 
+def test_pack_groups_grid_lambdas_per_trial_and_leaves_sampled_points_alone(sweep_yaml):
+    from raysae.sweep.trainable import members_of, trial_key, trial_name
+
+    grid = "sparsity={grid: [0.001, 0.003, 0.01, 0.03, 0.1]}"
+    config = load_sweep(str(sweep_yaml), [grid, "pack=2"])
+    assert config.lambda_packs() == [[0.001, 0.003], [0.01, 0.03], [0.1]]
+    assert config.num_trials() == 10 and config.num_tune_trials() == 6  # 2 widths x 3 packs
+    space = param_space(config)
+    assert "sparsity_coefficient" not in space
+    assert space["sparsity_coefficients"] == {"grid_search": [[0.001, 0.003], [0.01, 0.03], [0.1]]}
+    # a searcher's choices stay one SAE per trial
+    assert param_space(config, searcher=True)["sparsity_coefficient"].categories[0] == 0.001
+    assert config.num_tune_trials(searcher=True) == 10
+    # a pack's members are the points (and keys) their SAEs have alone
+    point = {"site": "res:1", "width": 64, "sparsity_coefficients": [0.01, 0.03]}
+    members = members_of(point)
+    assert members == [{"site": "res:1", "width": 64, "sparsity_coefficient": 0.01},
+                       {"site": "res:1", "width": 64, "sparsity_coefficient": 0.03}]
+    assert trial_key(members[1]) == trial_key({"site": "res:1", "width": 64,
+                                               "sparsity_coefficient": 0.03})
+    assert trial_name(point) == "res_1-w64-l0.01+0.03"
+    config = load_sweep(str(sweep_yaml), [
+        "sparsity={distribution: loguniform, low: 1e-4, high: 1e-1, num_samples: 5}", "pack=4"])
+    assert "sparsity_coefficient" in param_space(config) and config.num_tune_trials() == 10
+    assert load_sweep(str(sweep_yaml)).num_tune_trials() == 4  # pack: 1 by default
+    with pytest.raises(ConfigError, match="pack: must be >= 1"):
+        load_sweep(str(sweep_yaml), ["pack=0"])
+
+
 def test_embedded_tiny_sweep_is_valid():
     config = load_sweep(sweep_file("tiny"))
     validate(config)
@@ -120,7 +151,7 @@ def test_console_script_entry_point(sweep_yaml):
                        capture_output=True, text=True)
     assert p.returncode == 2
     assert p.stderr.strip().endswith("foo: unknown key (allowed: concurrency, data, eval, failure, "
-                                     "final_eval, model, model_name, name, resources, shared_stream, sites, "
+                                     "final_eval, model, model_name, name, pack, resources, shared_stream, sites, "
                                      "sparsity, storage, stream, tokens, tokens_by_width, train, widths)")
     help_ = subprocess.run([sys.executable, "-m", "raysae.cli", "--help"], capture_output=True, text=True)
     assert "sweep" in help_.stdout and "cache" in help_.stdout and "eval" in help_.stdout

@@ -34,11 +34,11 @@ def _bits(tree):
     return [np.asarray(x).view(np.uint32) for x in jax.tree.leaves(tree)]
 
 
-def _reference_optimizer(config):
+def _reference_optimizer(config, lr=None):
     """The recipe's chain with optax.scale_by_adam(b1=0) (what make_optimizer used before)."""
     return optax.chain(*([project_decoder_grads()] if config.project_decoder_grads else []),
                        optax.scale_by_adam(b1=0.0, b2=config.adam_b2, eps=config.adam_eps),
-                       optax.scale_by_learning_rate(lr_schedule(config)))
+                       optax.scale_by_learning_rate(lr_schedule(config, lr)))
 
 
 def _train_steps(config, xs, reference: bool):
