@@ -10,7 +10,7 @@ M ∈ {16K, 131K}, B = 4096, fp32 and bf16); `targets` (the issue's: 131K × 3,5
 ≤ 45 ms and ≥ 60% MFU); `sparse` (the sparse decoder path vs dense at L0 ∈ {16, 64, 256});
 `feed` (host→device rate of LocalStream batches from a synthetic cache); `lm` (a Gemma 2
 2B-shaped forward to a site, random weights, few layers); `memory` (device peak bytes);
-`packed` (a hook: no packing API on this branch, so it records why it was skipped);
+`packed` (K = 8 SAEs of 16K at d = 2304 in one vmapped step vs 8 lone steps, bench/pack.py);
 `skipped` (sections not run, and why: e.g. the time budget). Every section runs inside the
 `--budget-s` wall-clock budget (default 420 s, bench/device.sh allows 8 minutes in all).
 """
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import os
 import sys
@@ -30,10 +29,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 FULL = dict(ds=(2304, 3584), Ms=(16384, 131072), B=4096, dtypes=("bfloat16", "float32"),
             iters=10, matmul_n=8192, sparse=(2304, 131072, 1024), l0s=(16, 64, 256),
-            feed_rows=65536, feed_d=2304, feed_batch=4096, lm_layers=4, lm_batch=8, lm_seq=1024)
+            feed_rows=65536, feed_d=2304, feed_batch=4096, lm_layers=4, lm_batch=8, lm_seq=1024,
+            packed=(2304, 16384, 8, 4096))
 DRY = dict(ds=(32,), Ms=(256, 512), B=64, dtypes=("bfloat16", "float32"), iters=2,
            matmul_n=256, sparse=(32, 2048, 64), l0s=(4, 16), feed_rows=2048, feed_d=32,
-           feed_batch=256, lm_layers=2, lm_batch=2, lm_seq=32)
+           feed_batch=256, lm_layers=2, lm_batch=2, lm_seq=32,
+           packed=(32, 256, 3, 64))
 
 
 def _time(fn, iters: int, warmup: int = 1) -> float:
@@ -201,12 +202,12 @@ def lm_forward(layers: int, batch: int, seq: int, dry: bool) -> dict:
             "dtype": jnp.dtype(dtype).name, "site": str(site), "tokens_per_s": batch * seq / seconds}
 
 
-def packed() -> dict:
-    """Hook for the packed-SAE sweep (K = 8 at 16K); skipped while raysae has no packing API."""
-    if importlib.util.find_spec("raysae.train.packed") is None:
-        return {"skipped": "no packing API in raysae on this branch (raysae.train.packed "
-                           "absent); wire the K = 8, M = 16K row here once it lands"}
-    return {"skipped": "raysae.train.packed exists but this driver does not drive it yet"}
+def packed(d: int, M: int, K: int, B: int, iters: int) -> list:
+    """K SAEs of width M in one vmapped step vs K lone steps (bench/pack.py), bf16 and fp32;
+    the issue's target is speedup ≥ 4 at K = 8, M = 16K."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from pack import time_pack
+    return [time_pack(d, M, K, B, iters, dtype) for dtype in ("bfloat16", "float32")]
 
 
 def _write(path: str | None, result: dict) -> None:
@@ -277,7 +278,7 @@ def run(dry: bool, budget_s: float, path: str | None = None) -> dict:
                                           out["peak_flops"]))
     section("feed", lambda: feed_rate(p["feed_rows"], p["feed_d"], p["feed_batch"]))
     section("lm", lambda: lm_forward(p["lm_layers"], p["lm_batch"], p["lm_seq"], dry))
-    section("packed", packed)
+    section("packed", lambda: packed(*p["packed"], p["iters"]))
     stats = jax.devices()[0].memory_stats() or {}
     out["memory"] = {"peak_bytes": _peak_bytes(),
                      "kind": "device peak_bytes_in_use" if "peak_bytes_in_use" in stats

@@ -48,7 +48,9 @@ def test_dry_run_writes_every_section_with_finite_values(tmp_path):
     assert all(row["capacity"] >= row["max_row"] for row in r["sparse"])
     assert r["feed"]["fed_bytes_per_s"] > 0 and r["feed"]["read_bytes_per_s"] > 0
     assert r["lm"]["tokens_per_s"] > 0 and r["lm"]["site"] == "res:0"
-    assert "packing API" in r["packed"]["skipped"]
+    assert [row["dtype"] for row in r["packed"]] == ["bfloat16", "float32"]
+    assert all(row["k"] == 3 and row["packed_sae_steps_per_s"] > 0 and row["speedup"] > 0
+               for row in r["packed"])
     assert r["memory"]["peak_bytes"] > 0
     numbers = list(_numbers(r))
     assert len(numbers) > 50 and all(math.isfinite(v) for v in numbers)
