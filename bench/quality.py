@@ -73,9 +73,9 @@ RECIPES: dict[str, dict] = {
 # own `recipe` (resolved for the run's step count by TrainConfig).
 # λ grids (units of x/C for raysae; raw units for SAELens, whose inputs are not normalised).
 LAMBDAS = {
-    "saelens": [0.01, 0.025, 0.06, 0.08, 0.15, 0.17, 0.2, 0.25, 0.3, 0.4],
+    "saelens": [0.06, 0.08, 0.15, 0.16, 0.17, 0.2],  # points close to L0 8, 16, 32 (issue)
     "paper": [0.002, 0.004, 0.008, 0.016, 0.032, 0.064],
-    "small-budget": [0.004, 0.0045, 0.006, 0.007, 0.008, 0.01, 0.015],
+    "small-budget": [0.0045, 0.005, 0.006, 0.0065, 0.007, 0.01, 0.015],
     "default": [0.002, 0.004, 0.008, 0.016, 0.032, 0.064],
 }
 
