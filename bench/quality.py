@@ -36,6 +36,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from raysae.config import to_dict  # noqa: E402
 from raysae.evals.dictionary import dictionary_metrics, interpolate_at_l0, load_params  # noqa: E402
 from raysae.synthetic import DictionaryConfig, KnownDictionary  # noqa: E402
 
@@ -72,9 +73,9 @@ RECIPES: dict[str, dict] = {
 # own `recipe` (resolved for the run's step count by TrainConfig).
 # λ grids (units of x/C for raysae; raw units for SAELens, whose inputs are not normalised).
 LAMBDAS = {
-    "saelens": [0.01, 0.025, 0.06, 0.08, 0.15, 0.17, 0.2, 0.25, 0.3, 0.4],
+    "saelens": [0.06, 0.08, 0.15, 0.16, 0.17, 0.2],  # points close to L0 8, 16, 32 (issue)
     "paper": [0.002, 0.004, 0.008, 0.016, 0.032, 0.064],
-    "small-budget": [0.004, 0.0045, 0.006, 0.007, 0.008, 0.01, 0.015],
+    "small-budget": [0.0045, 0.005, 0.006, 0.0065, 0.007, 0.01, 0.015],
     "default": [0.002, 0.004, 0.008, 0.016, 0.032, 0.064],
 }
 
@@ -197,8 +198,6 @@ def run_one(spec: str, lam: float, *, problem: str, args, train_npy: Path, heldo
         cfg = raysae_config(name, over, lam=lam, width=args.width, batch=args.batch,
                             steps=steps, seed=args.seed)
         norm = over.get("norm", recipe_fields(name, steps).get("norm", "C"))
-        from raysae.config import to_dict
-
         key_obj = {"problem": key_obj["problem"], "config": to_dict(cfg), "norm": norm}
     key_src = json.dumps(key_obj, sort_keys=True)
     key = hashlib.sha1(key_src.encode()).hexdigest()[:12]
@@ -210,7 +209,9 @@ def run_one(spec: str, lam: float, *, problem: str, args, train_npy: Path, heldo
     npz = run_dir / "params.npz"
     t0 = time.perf_counter()
     info: dict = {}
-    if name == "saelens":
+    if npz.exists() and not args.force and name != "saelens":
+        info = {"config": to_dict(cfg), "params": "reused from an earlier run of this key"}
+    elif name == "saelens":
         py = Path(args.saelens_python)
         if not py.exists():
             return None
@@ -229,7 +230,7 @@ def run_one(spec: str, lam: float, *, problem: str, args, train_npy: Path, heldo
                 else GeneratedRows(kd, n_rows, args.batch))
         params, C = train_raysae(cfg, rows, norm_scalar=1.0 if norm == "none" else None)
         np.savez(npz, **params)
-        info = {"norm_scalar": C, "config": dataclasses.asdict(cfg)}
+        info = {"norm_scalar": C, "config": to_dict(cfg)}
     seconds = time.perf_counter() - t0
     m = dictionary_metrics(load_params(str(npz)), heldout, kd.features)
     out = {"system": spec, "lambda": lam, "problem": problem, "steps": steps, "batch": args.batch,

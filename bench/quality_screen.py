@@ -32,8 +32,8 @@ for spec in sys.argv[2:]:
     f = {**recipe_fields(name, steps), **over}; norm = f.pop("norm", "C")
     pts = []
     for lam in lams:
-        cfg = TrainConfig(**{**f, "width": W, "batch_size": B, "steps": steps, "sparsity_coefficient": lam, "log_every": steps, "checkpoint_every": 10**9,
-                              "sparsity_warmup_steps": min(f.get("sparsity_warmup_steps", 10000), steps), "lr_warmup_steps": min(f.get("lr_warmup_steps", 1000), steps//2)})
+        caps = {k: min(f[k], cap) for k, cap in (("sparsity_warmup_steps", steps), ("lr_warmup_steps", steps // 2)) if k in f}  # a shipped recipe derives its own
+        cfg = TrainConfig(**{**f, "width": W, "batch_size": B, "steps": steps, "sparsity_coefficient": lam, "log_every": steps, "checkpoint_every": 10**9, **caps})
         t = time.time(); p, C = train_raysae(cfg, rows, norm_scalar=1.0 if norm == "none" else None)
         m = dictionary_metrics(p, held, kd.features); pts.append(m)
         print(f"{spec:60s} λ={lam:<7g} L0={m['l0']:5.2f} FVU={m['fvu']:.3f} rec={m['recovery']*100:5.1f}% mcc={m['mcc']:.3f} dead={m['dead']} {time.time()-t:.0f}s", flush=True)
