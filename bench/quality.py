@@ -73,9 +73,9 @@ RECIPES: dict[str, dict] = {
 # own `recipe` (resolved for the run's step count by TrainConfig).
 # λ grids (units of x/C for raysae; raw units for SAELens, whose inputs are not normalised).
 LAMBDAS = {
-    "saelens": [0.06, 0.08, 0.15, 0.16, 0.17, 0.2],  # points close to L0 8, 16, 32 (issue)
+    "saelens": [0.06, 0.08, 0.11, 0.15, 0.16, 0.17, 0.2],  # close to L0 8, 16, 32 (issue)
     "paper": [0.002, 0.004, 0.008, 0.016, 0.032, 0.064],
-    "small-budget": [0.0045, 0.005, 0.006, 0.0065, 0.007, 0.01, 0.015],
+    "small-budget": [0.0042, 0.0047, 0.005, 0.0055, 0.006, 0.0065, 0.007, 0.01, 0.013, 0.015],
     "default": [0.002, 0.004, 0.008, 0.016, 0.032, 0.064],
 }
 
@@ -261,6 +261,30 @@ def report(results: dict[str, list[dict]], targets=TARGETS) -> dict:
     return summary
 
 
+def versus(results: dict[str, list[dict]], reference: str = "saelens") -> dict:
+    """Every point of every other system against `reference` interpolated at that point's L0
+    (the comparison at every matched L0, not only at TARGETS); {} without the reference."""
+    if reference not in results:
+        return {}
+    out = {}
+    print(f"\neach point vs {reference} at the same L0 (FVU difference < 0: better)")
+    for spec, pts in results.items():
+        if spec == reference:
+            continue
+        ref = interpolate_at_l0(results[reference], [q["l0"] for q in pts], keys=("fvu",))
+        rows = []
+        for q in sorted(pts, key=lambda q: q["l0"]):
+            r = ref[q["l0"]]
+            d = None if r is None else q["fvu"] - r["fvu"]
+            rows.append({"lambda": q["lambda"], "l0": q["l0"], "fvu": q["fvu"],
+                         "reference_fvu": None if r is None else r["fvu"], "difference": d})
+            print(f"  {spec[:40]:40s} λ={q['lambda']:<8g} L0={q['l0']:6.2f} FVU={q['fvu']:.4f} "
+                  + ("(out of the reference's range)" if r is None else
+                     f"{reference}={r['fvu']:.4f} diff={d:+.4f}"))
+        out[spec] = rows
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--problem", default="issue", choices=sorted(PROBLEMS))
@@ -310,12 +334,13 @@ def main(argv=None):
                   f"dead={r['dead']:4d} ({r['seconds']:.0f}s)", flush=True)
         results[spec] = pts
     summary = report(results)
+    pointwise = versus(results)
     out = Path(args.out or Path(args.cache) / f"{args.problem}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"problem": args.problem, "config": dataclasses.asdict(kd.config),
                                "steps": args.steps, "batch": args.batch, "width": args.width,
                                "targets": list(TARGETS), "interpolated": summary,
-                               "runs": results}, indent=1))
+                               "versus_saelens": pointwise, "runs": results}, indent=1))
     print(f"\nwrote {out}")
 
 

@@ -25,7 +25,7 @@ def test_the_recipes_fill_what_is_not_given():
     assert s.lr == 1e-3  # given: kept
     want = recipe_values("small-budget", 3000)
     assert (s.sparsity_warmup_steps, s.lr_decay_steps, s.dead_preact_window_steps,
-            s.bandwidth, s.decoder_unit_norm) == (1500, 600, 100, 0.02, False) == \
+            s.bandwidth, s.decoder_unit_norm) == (1500, 600, 100, 0.07, False) == \
         tuple(want[k] for k in ("sparsity_warmup_steps", "lr_decay_steps",
                                 "dead_preact_window_steps", "bandwidth", "decoder_unit_norm"))
     # step-dependent values follow a new step count; given ones stay
