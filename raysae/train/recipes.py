@@ -5,8 +5,9 @@
   against SAELens at matched L0 on equal tokens. Decoder rows start at norm 0.1 (the encoder,
   its transpose, small too) and stay free (no renormalisation, no gradient projection); lr
   3e-3 without warmup, decaying linearly to 0 over the last 20% of the run; ε = 0.07 (units
-  of x/C; a smaller ε costs FVU at 4× the true L0, a larger one at 2×); λ annealed down from 5λ over the first half; latents silent for steps/30 steps get
-  Anthropic's pre-activation loss (0.01) pulling them back. Adam β = (0, 0.999), θ₀ = 0.001,
+  of x/C; a smaller ε costs FVU at 4× the true L0, a larger one at 2×); λ annealed down from
+  5λ over the first half; latents silent for steps/30 steps get Anthropic's pre-activation
+  loss (0.01) pulling them back. Adam β = (0, 0.999), θ₀ = 0.001,
   no clipping, inputs ÷ C, the L0 penalty and the STEs stay the paper's.
 """
 
