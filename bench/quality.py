@@ -11,7 +11,8 @@ FVU, recovery, MCC and dead fraction are interpolated (in log L0) at L0 = 8, 16,
     .venv/bin/python bench/quality.py --systems paper --steps 60000    # 10x tokens
 
 A system is `saelens`, a recipe name from RECIPES, or `RECIPE:key=value,key=value` (TrainConfig
-overrides, e.g. `paper:bandwidth=0.05,grad_clip_norm=1.0`; `norm=none` trains without C).
+overrides, e.g. `paper:bandwidth=0.05,grad_clip_norm=1.0`; `norm=none` trains without C;
+`lams=a/b/c` gives that system its own λ grid, e.g. `saelens;small-budget:lams=0.006/0.0055`).
 Separate systems by "," (plain names) or by ";" (as soon as one has overrides).
 SAELens runs in its own venv (--saelens-python, default .venv-saelens/bin/python) as a
 subprocess; if that is absent its rows are skipped with a message. Every run is cached under
@@ -143,13 +144,26 @@ def write_rows(kd: KnownDictionary, path: Path, n: int, batch_rows: int, split: 
 
 
 def parse_system(spec: str) -> tuple[str, dict]:
-    """'paper:bandwidth=0.05,norm=none' -> ('paper', {'bandwidth': 0.05, 'norm': 'none'})."""
+    """'paper:bandwidth=0.05,norm=none' -> ('paper', {'bandwidth': 0.05, 'norm': 'none'})
+    (a `lams=` item is the system's λ grid, not an override: see `system_lambdas`)."""
     name, _, rest = spec.partition(":")
     over = {}
     for item in filter(None, rest.split(",")):
         k, _, v = item.partition("=")
-        over[k] = _value(v)
+        if k != "lams":
+            over[k] = _value(v)
     return name, over
+
+
+def system_lambdas(spec: str, every: str | None) -> list[float]:
+    """A system's λ grid: its own `lams=a/b/c`, else --lambdas (`every`), else LAMBDAS."""
+    name, _, rest = spec.partition(":")
+    own = [v.partition("=")[2] for v in rest.split(",") if v.startswith("lams=")]
+    if own:
+        return [float(v) for v in own[-1].split("/")]
+    if every:
+        return [float(v) for v in every.split(",")]
+    return LAMBDAS.get(spec, LAMBDAS.get(name, LAMBDAS["default"]))
 
 
 def _value(v: str):
@@ -313,10 +327,7 @@ def main(argv=None):
              else args.systems.split(","))
     for spec in specs:
         name, _ = parse_system(spec)
-        if args.lambdas:
-            lams = [float(v) for v in args.lambdas.split(",")]
-        else:
-            lams = LAMBDAS.get(spec, LAMBDAS.get(name, LAMBDAS["default"]))
+        lams = system_lambdas(spec, args.lambdas)
         if name == "saelens" and not Path(args.saelens_python).exists():
             print(f"[skip] saelens: no SAELens venv at {args.saelens_python} (make one: python3 -m "
                   "venv .venv-saelens && .venv-saelens/bin/pip install torch==2.13.0 && "
