@@ -133,7 +133,9 @@ def write_rows(kd: KnownDictionary, path: Path, n: int, batch_rows: int, split: 
     if path.exists() and np.load(path, mmap_mode="r").shape == (n, kd.d):
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npy")
+    # Per-process temp name: two bench processes started at once both write, and the second
+    # os.replace lands the same deterministic rows.
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
     out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n, kd.d))
     for k, lo in enumerate(range(0, n, batch_rows)):
         out[lo:lo + batch_rows] = kd.batch(k, batch_rows, split=split)[:n - lo]
