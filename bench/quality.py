@@ -152,7 +152,9 @@ def parse_system(spec: str) -> tuple[str, dict]:
     over = {}
     for item in filter(None, rest.split(",")):
         k, _, v = item.partition("=")
-        if k != "lams":
+        if k == "norm":  # "none" here is the word, not None (None would mean "train with C")
+            over[k] = v
+        elif k != "lams":
             over[k] = _value(v)
     return name, over
 
@@ -279,8 +281,10 @@ def report(results: dict[str, list[dict]], targets=TARGETS) -> dict:
 
 def versus(results: dict[str, list[dict]], reference: str = "saelens") -> dict:
     """Every point of every other system against `reference` interpolated at that point's L0
-    (the comparison at every matched L0, not only at TARGETS); {} without the reference."""
-    if reference not in results:
+    (the comparison at every matched L0, not only at TARGETS); {} without the reference.
+    The reference is the system of that name with or without its own grid (`saelens:lams=...`)."""
+    reference = next((s for s in results if parse_system(s)[0] == reference), None)
+    if reference is None:
         return {}
     out = {}
     print(f"\neach point vs {reference} at the same L0 (FVU difference < 0: better)")
