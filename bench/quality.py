@@ -9,6 +9,11 @@ FVU, recovery, MCC and dead fraction are interpolated (in log L0) at L0 = 8, 16,
     .venv/bin/python bench/quality.py --problem realistic
     .venv/bin/python bench/quality.py --systems paper,paper:eps=0.05 --lambdas 0.003,0.01,0.03
     .venv/bin/python bench/quality.py --systems paper --steps 60000    # 10x tokens
+    .venv/bin/python bench/quality.py --activations runs/cache-tiny/res_2 --steps 2000 --batch 512
+
+`--activations URL` trains on real activations instead: the rows of a raysae activation cache
+(any fsspec URL; `make demo` leaves the tiny LM's at runs/cache-tiny/res_2), its last rows
+held out; with no known dictionary, only FVU, L0 and dead latents are scored.
 
 A system is `saelens`, a recipe name from RECIPES, or `RECIPE:key=value,key=value` (TrainConfig
 overrides, e.g. `paper:bandwidth=0.05,grad_clip_norm=1.0`; `norm=none` trains without C;
@@ -72,12 +77,20 @@ RECIPES: dict[str, dict] = {
 }
 # Recipes shipped in raysae.train.recipes ("gemma-scope", "small-budget") are TrainConfig's
 # own `recipe` (resolved for the run's step count by TrainConfig).
-# λ grids (units of x/C for raysae; raw units for SAELens, whose inputs are not normalised).
+# λ grids per problem (units of x/C for raysae; raw units for SAELens, whose inputs are not
+# normalised), with points close to L0 8, 16 and 32 and in between.
 LAMBDAS = {
-    "saelens": [0.06, 0.08, 0.11, 0.15, 0.16, 0.17, 0.2],  # close to L0 8, 16, 32 (issue)
+    "saelens": [0.06, 0.08, 0.11, 0.13, 0.15, 0.16, 0.17, 0.2],
     "paper": [0.002, 0.004, 0.008, 0.016, 0.032, 0.064],
-    "small-budget": [0.0042, 0.0047, 0.005, 0.0055, 0.006, 0.0065, 0.007, 0.01, 0.013, 0.015],
+    "small-budget": [0.02, 0.015, 0.012, 0.009, 0.008, 0.0075, 0.0072, 0.007, 0.0065, 0.006,
+                     0.0055, 0.005, 0.0045, 0.004],
     "default": [0.002, 0.004, 0.008, 0.016, 0.032, 0.064],
+}
+LAMBDAS_BY_PROBLEM = {
+    "issue": LAMBDAS,
+    "realistic": {**LAMBDAS,
+                  "saelens": [0.2, 0.13, 0.1, 0.09, 0.07, 0.06, 0.05, 0.025],
+                  "small-budget": [0.015, 0.01, 0.007, 0.005, 0.0035, 0.0025, 0.002, 0.0015]},
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -145,6 +158,37 @@ def write_rows(kd: KnownDictionary, path: Path, n: int, batch_rows: int, split: 
     return path
 
 
+def activation_rows(url: str, cache: Path, n_train: int) -> tuple[Path, np.ndarray, dict]:
+    """Train rows (.npy of n_train rows, cycling through the cache's rows if it has fewer) and
+    held-out rows (the cache's last HELDOUT_ROWS, never trained on) of an activation cache.
+
+    Returns:
+        (train .npy path, held-out rows, the source's identity for the run keys).
+    Raises:
+        SystemExit naming the URL if it holds no cache or too few rows.
+    """
+    from raysae.data.shards import Manifest, read_shard
+
+    try:
+        manifest = Manifest.load(url)
+    except (FileNotFoundError, ValueError) as e:
+        raise SystemExit(f"--activations {url}: not a raysae activation cache ({e})") from None
+    if manifest.parts != ["x"] or manifest.total_rows < 2 * HELDOUT_ROWS:
+        raise SystemExit(f"--activations {url}: needs an SAE cache (parts ['x']) with at least "
+                         f"{2 * HELDOUT_ROWS} rows (has {manifest.parts}, {manifest.total_rows})")
+    rows = np.concatenate([read_shard(url, manifest, info) for info in manifest.shards])
+    source = {"activations": url, "shards_sha256": [i.sha256 for i in manifest.shards]}
+    digest = hashlib.sha1(json.dumps(source, sort_keys=True).encode()).hexdigest()[:10]
+    path = cache / "data" / f"activations-{digest}" / f"train-{n_train}.npy"
+    train = rows[:-HELDOUT_ROWS]
+    if not (path.exists() and np.load(path, mmap_mode="r").shape == (n_train, manifest.d)):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp.npy")
+        np.save(tmp, train[np.arange(n_train) % len(train)].astype(np.float32))
+        os.replace(tmp, path)
+    return path, np.asarray(rows[-HELDOUT_ROWS:], np.float32), source
+
+
 def parse_system(spec: str) -> tuple[str, dict]:
     """'paper:bandwidth=0.05,norm=none' -> ('paper', {'bandwidth': 0.05, 'norm': 'none'})
     (a `lams=` item is the system's λ grid, not an override: see `system_lambdas`)."""
@@ -159,15 +203,17 @@ def parse_system(spec: str) -> tuple[str, dict]:
     return name, over
 
 
-def system_lambdas(spec: str, every: str | None) -> list[float]:
-    """A system's λ grid: its own `lams=a/b/c`, else --lambdas (`every`), else LAMBDAS."""
+def system_lambdas(spec: str, every: str | None, problem: str = "issue") -> list[float]:
+    """A system's λ grid: its own `lams=a/b/c`, else --lambdas (`every`), else the problem's
+    grid in LAMBDAS_BY_PROBLEM."""
     name, _, rest = spec.partition(":")
     own = [v.partition("=")[2] for v in rest.split(",") if v.startswith("lams=")]
     if own:
         return [float(v) for v in own[-1].split("/")]
     if every:
         return [float(v) for v in every.split(",")]
-    return LAMBDAS.get(spec, LAMBDAS.get(name, LAMBDAS["default"]))
+    grids = LAMBDAS_BY_PROBLEM.get(problem, LAMBDAS)
+    return grids.get(spec, grids.get(name, grids["default"]))
 
 
 def _value(v: str):
@@ -206,10 +252,14 @@ def raysae_config(name: str, over: dict, *, lam: float, width: int, batch: int, 
 
 
 def run_one(spec: str, lam: float, *, problem: str, args, train_npy: Path, heldout: np.ndarray,
-            kd: KnownDictionary) -> dict | None:
+            kd: KnownDictionary | None, source: dict) -> dict | None:
+    """Train (or reuse from the cache) and score one system at one λ.
+
+    `kd` is the known dictionary (None for real activations: no recovery metrics, and the
+    stored rows must cover the budget); `source` identifies the rows in the cache key."""
     name, over = parse_system(spec)
     steps = args.steps
-    key_obj = {"problem": dataclasses.asdict(kd.config), "system": name, "over": over,
+    key_obj = {"problem": source, "system": name, "over": over,
                "lam": lam, "steps": steps, "batch": args.batch, "width": args.width,
                "seed": args.seed}
     if name != "saelens":  # key on every effective value, so editing a recipe retrains
@@ -250,7 +300,7 @@ def run_one(spec: str, lam: float, *, problem: str, args, train_npy: Path, heldo
         np.savez(npz, **params)
         info = {"norm_scalar": C, "config": to_dict(cfg)}
     seconds = time.perf_counter() - t0
-    m = dictionary_metrics(load_params(str(npz)), heldout, kd.features)
+    m = dictionary_metrics(load_params(str(npz)), heldout, None if kd is None else kd.features)
     out = {"system": spec, "lambda": lam, "problem": problem, "steps": steps, "batch": args.batch,
            "tokens": steps * args.batch, "seconds": seconds, "key": key, **m, "info": info}
     metrics_path.write_text(json.dumps(out, indent=1))
@@ -308,6 +358,8 @@ def versus(results: dict[str, list[dict]], reference: str = "saelens") -> dict:
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--problem", default="issue", choices=sorted(PROBLEMS))
+    ap.add_argument("--activations", default=None,
+                    help="URL of a raysae activation cache: train on its rows instead")
     ap.add_argument("--systems", default="saelens,paper,small-budget")
     ap.add_argument("--lambdas", default=None, help="comma list for every system (else LAMBDAS)")
     ap.add_argument("--steps", type=int, default=6000)
@@ -321,19 +373,25 @@ def main(argv=None):
     ap.add_argument("--verbose", action="store_true")
     args = ap.parse_args(argv)
 
-    kd = KnownDictionary(PROBLEMS[args.problem])
-    pdir = Path(args.cache) / "data" / f"{args.problem}-{problem_key(kd.config)}"
-    stored_steps = min(args.steps, 6000)  # bigger budgets are generated on the fly
-    train_npy = write_rows(kd, pdir / f"train-{args.batch}x{stored_steps}.npy",
-                           stored_steps * args.batch, args.batch, "train")
-    heldout = np.load(write_rows(kd, pdir / "heldout.npy", HELDOUT_ROWS, 2048, "heldout"))
+    if args.activations:
+        kd, args.problem = None, "activations"
+        train_npy, heldout, source = activation_rows(args.activations, Path(args.cache),
+                                                     args.steps * args.batch)
+    else:
+        kd = KnownDictionary(PROBLEMS[args.problem])
+        source = dataclasses.asdict(kd.config)
+        pdir = Path(args.cache) / "data" / f"{args.problem}-{problem_key(kd.config)}"
+        stored_steps = min(args.steps, 6000)  # bigger budgets are generated on the fly
+        train_npy = write_rows(kd, pdir / f"train-{args.batch}x{stored_steps}.npy",
+                               stored_steps * args.batch, args.batch, "train")
+        heldout = np.load(write_rows(kd, pdir / "heldout.npy", HELDOUT_ROWS, 2048, "heldout"))
 
     results: dict[str, list[dict]] = {}
     specs = (args.systems.split(";") if ";" in args.systems or ":" in args.systems
              else args.systems.split(","))
     for spec in specs:
         name, _ = parse_system(spec)
-        lams = system_lambdas(spec, args.lambdas)
+        lams = system_lambdas(spec, args.lambdas, args.problem)
         if name == "saelens" and not Path(args.saelens_python).exists():
             print(f"[skip] saelens: no SAELens venv at {args.saelens_python} (make one: python3 -m "
                   "venv .venv-saelens && .venv-saelens/bin/pip install torch==2.13.0 && "
@@ -342,19 +400,20 @@ def main(argv=None):
         pts = []
         for lam in lams:
             r = run_one(spec, lam, problem=args.problem, args=args, train_npy=train_npy,
-                        heldout=heldout, kd=kd)
+                        heldout=heldout, kd=kd, source=source)
             if r is None:
                 continue
             pts.append(r)
-            print(f"  {spec:40s} λ={lam:<8g} L0={r['l0']:6.2f} FVU={r['fvu']:.3f} "
-                  f"rec={100 * r['recovery']:5.1f}% MCC={r['mcc']:.3f} "
+            known = "" if r["recovery"] is None else \
+                f"rec={100 * r['recovery']:5.1f}% MCC={r['mcc']:.3f} "
+            print(f"  {spec:40s} λ={lam:<8g} L0={r['l0']:6.2f} FVU={r['fvu']:.3f} {known}"
                   f"dead={r['dead']:4d} ({r['seconds']:.0f}s)", flush=True)
         results[spec] = pts
     summary = report(results)
     pointwise = versus(results)
     out = Path(args.out or Path(args.cache) / f"{args.problem}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"problem": args.problem, "config": dataclasses.asdict(kd.config),
+    out.write_text(json.dumps({"problem": args.problem, "config": source,
                                "steps": args.steps, "batch": args.batch, "width": args.width,
                                "targets": list(TARGETS), "interpolated": summary,
                                "versus_saelens": pointwise, "runs": results}, indent=1))

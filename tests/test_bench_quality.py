@@ -24,6 +24,7 @@ def test_a_systems_own_grid_is_not_an_override(quality):
     assert quality.system_lambdas(spec, "0.1,0.2") == [0.007, 0.003]
     assert quality.system_lambdas("small-budget:bandwidth=0.02", "0.1,0.2") == [0.1, 0.2]
     assert quality.system_lambdas("saelens", None) == quality.LAMBDAS["saelens"]
+    assert quality.system_lambdas("saelens", None, "realistic")[0] == 0.2  # the problem's grid
 
 
 def test_each_point_is_compared_with_the_reference_at_its_own_l0(quality, capsys):

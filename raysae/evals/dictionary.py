@@ -49,9 +49,12 @@ def cosines(true_features: np.ndarray, W_dec: np.ndarray) -> np.ndarray:
     return t @ w.T
 
 
-def dictionary_metrics(params, x: np.ndarray, true_features: np.ndarray, *,
+def dictionary_metrics(params, x: np.ndarray, true_features: np.ndarray | None, *,
                        cos_threshold: float = 0.9, batch_rows: int = 8192) -> dict[str, float]:
-    """All metrics of the module docstring for folded `params` on held-out rows `x` [N, d]."""
+    """All metrics of the module docstring for folded `params` on held-out rows `x` [N, d].
+
+    `true_features` None (real activations: no known dictionary) gives FVU, L0 and the dead
+    count, with the dictionary metrics None."""
     p = _as_arrays(params)
     x = np.asarray(x, np.float32)
     M = p["W_enc"].shape[1]
@@ -69,6 +72,12 @@ def dictionary_metrics(params, x: np.ndarray, true_features: np.ndarray, *,
         fired |= on.any(axis=0)
     centred = x.astype(np.float64) - x.mean(axis=0, dtype=np.float64)
     variance = float(np.sum(centred ** 2))
+    dead = int(M - fired.sum())
+    out = {"fvu": sq_err / variance, "l0": l0_sum / len(x), "dead": dead, "dead_fraction": dead / M,
+           "recovery": None, "mean_max_cos": None, "mcc": None, "precision": None,
+           "width": int(M)}
+    if true_features is None:
+        return out
 
     cos = cosines(true_features, p["W_dec"])
     best = cos.max(axis=1)
@@ -77,18 +86,9 @@ def dictionary_metrics(params, x: np.ndarray, true_features: np.ndarray, *,
     matched[rows] = cos[rows, cols]
     alive = np.flatnonzero(fired)
     precision = float(np.mean(cos[:, alive].max(axis=0) > cos_threshold)) if len(alive) else 0.0
-    dead = int(M - fired.sum())
-    return {
-        "fvu": sq_err / variance,
-        "l0": l0_sum / len(x),
-        "dead": dead,
-        "dead_fraction": dead / M,
-        "recovery": float(np.mean(best > cos_threshold)),
-        "mean_max_cos": float(best.mean()),
-        "mcc": float(matched.mean()),
-        "precision": precision,
-        "width": int(M),
-    }
+    return {**out, "recovery": float(np.mean(best > cos_threshold)),
+            "mean_max_cos": float(best.mean()), "mcc": float(matched.mean()),
+            "precision": precision}
 
 
 def interpolate_at_l0(points: list[dict], targets=(8, 16, 32),
@@ -106,6 +106,7 @@ def interpolate_at_l0(points: list[dict], targets=(8, 16, 32),
             out[t] = None
             continue
         for k in keys:
-            row[k] = float(np.interp(np.log(t), logl0, [q[k] for q in pts]))
+            values = [q.get(k) for q in pts]
+            row[k] = None if None in values else float(np.interp(np.log(t), logl0, values))
         out[t] = row
     return out

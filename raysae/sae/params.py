@@ -43,14 +43,17 @@ def unit_rows(w: jax.Array) -> jax.Array:
 
 def init_params(key: jax.Array, d: int, width: int, *, d_out: int | None = None,
                 transcoder: bool = False, threshold: float = DEFAULT_THRESHOLD,
-                decoder_norm: float | None = None, dtype=jnp.float32) -> SAEParams:
+                decoder_norm: float | None = None, encoder_norm: float | None = None,
+                dtype=jnp.float32) -> SAEParams:
     """The paper's initialisation.
 
     W_dec is He-uniform (bound sqrt(6 / fan_in), fan_in = M) with rows then rescaled to unit
     norm; W_enc = W_decᵀ (untied afterwards); biases 0; θ = `threshold`. `decoder_norm`
     (not the paper's: SAELens's "heuristic" init uses 0.1) rescales the rows to that norm
-    before the transpose, so the encoder starts small too. Transcoders
-    (App. B) get no transpose init: W_enc is drawn independently, He-uniform over d_in.
+    before the transpose, so the encoder starts small too; `encoder_norm` (not the paper's)
+    gives the transposed encoder's columns their own norm (default: the decoder's), so the
+    encoder can start larger than the decoder. Transcoders (App. B) get no transpose init:
+    W_enc is drawn independently, He-uniform over d_in (`encoder_norm` is not applied).
     """
     d_out = d if d_out is None else d_out
     k_dec, k_enc = jax.random.split(key)
@@ -66,6 +69,8 @@ def init_params(key: jax.Array, d: int, width: int, *, d_out: int | None = None,
             raise ValueError(f"an SAE needs d_out == d (got d={d}, d_out={d_out}); "
                              "use transcoder=True for different input and target widths")
         W_enc = W_dec.T
+        if encoder_norm is not None:
+            W_enc = unit_rows(W_dec).T * encoder_norm
     return SAEParams(
         W_enc=W_enc,
         W_dec=W_dec,

@@ -50,6 +50,10 @@ class TrainConfig:
     threshold_init: float = 0.001           # θ₀
     grad_clip_norm: float | None = None     # None: no clipping (the paper); SAELens uses 1.0
     decoder_init_norm: float | None = None  # decoder row norm at init (paper: 1)
+    encoder_init_norm: float | None = None  # encoder column norm at init, W_enc ∝ W_decᵀ
+                                            # (paper: W_enc = W_decᵀ, so the decoder's norm)
+    encoder_lr_scale: float | None = None   # W_enc's step = lr × this (paper: 1)
+    decoder_lr_scale: float | None = None   # W_dec's and b_dec's step = lr × this (paper: 1)
     decoder_unit_norm: bool | None = None   # renormalise decoder rows after each update (paper)
     project_decoder_grads: bool | None = None  # drop the row-parallel gradient part (paper)
     sparsity_loss: Literal["l0", "quadratic"] = "l0"  # quadratic: Gemma Scope 2, as SAELens has it
@@ -87,6 +91,8 @@ class TrainConfig:
         for name, value in recipe_values(self.recipe, self.steps).items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
+        if self.encoder_init_norm is None:  # the paper's transpose init: the decoder's norm
+            object.__setattr__(self, "encoder_init_norm", self.decoder_init_norm)
         check(self.sparsity_coefficient >= 0, "sparsity_coefficient",
               f"must be >= 0, got {self.sparsity_coefficient}")
         check(self.steps > 0, "steps", f"must be positive, got {self.steps}")
@@ -98,6 +104,9 @@ class TrainConfig:
         check(self.sparsity_warmup_start >= 0, "sparsity_warmup_start", "must be >= 0")
         check(self.lr_decay_steps >= 0, "lr_decay_steps", "must be >= 0")
         check(self.decoder_init_norm > 0, "decoder_init_norm", "must be positive")
+        check(self.encoder_init_norm > 0, "encoder_init_norm", "must be positive")
+        check(self.encoder_lr_scale > 0, "encoder_lr_scale", "must be positive")
+        check(self.decoder_lr_scale > 0, "decoder_lr_scale", "must be positive")
         check(self.sparsity_loss in ("l0", "quadratic"), "sparsity_loss",
               f"must be 'l0' or 'quadratic', got {self.sparsity_loss!r}")
         check(self.sparsity_loss != "quadratic" or (self.target_l0 or 0) > 0, "target_l0",

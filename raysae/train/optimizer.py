@@ -3,6 +3,8 @@
     [clip_by_global_norm]  (optional; the paper clips nothing)
     project_decoder_grads  remove each W_dec row's gradient component parallel to the row
     scale_by_adam(b1=0, b2=0.999, eps=1e-8)  (as `scale_by_adam_b1_zero` when β₁ = 0)
+    [scale_groups]         (optional; not the paper's) the encoder's and the decoder's step
+                           × their own factor (TrainConfig.encoder_lr_scale, decoder_lr_scale)
     scale_by_learning_rate(cosine warmup 0.1η → η)
 
 With β₁ = 0 Adam's first moment is the gradient itself, so `scale_by_adam_b1_zero` keeps
@@ -89,6 +91,25 @@ def project_decoder_grads() -> optax.GradientTransformation:
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+def scale_groups(encoder: float, decoder: float) -> optax.GradientTransformation:
+    """Multiply the W_enc update by `encoder` and the W_dec and b_dec updates by `decoder`
+    (b_enc and θ keep the base lr): per-group learning rates, stateless.
+
+    Args:
+        encoder: factor on W_enc's update.
+        decoder: factor on W_dec's and b_dec's updates (both live in the input's units).
+    Returns:
+        A stateless GradientTransformation on `SAEParams` updates.
+    """
+
+    def update_fn(updates: SAEParams, state, params=None):
+        del params
+        return updates._replace(W_enc=updates.W_enc * encoder, W_dec=updates.W_dec * decoder,
+                                b_dec=updates.b_dec * decoder), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
 def make_optimizer(config: TrainConfig, lr=None) -> optax.GradientTransformation:
     """The recipe's optax chain (module docstring); β₁ = 0 stores no first moment.
 
@@ -107,9 +128,10 @@ def make_optimizer(config: TrainConfig, lr=None) -> optax.GradientTransformation
         parts.append(project_decoder_grads())
     parts += [
         scale_by_adam_b1_zero(b2=config.adam_b2, eps=config.adam_eps) if config.adam_b1 == 0
-        else optax.scale_by_adam(b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps),
-        optax.scale_by_learning_rate(lr_schedule(config, lr)),
-    ]
+        else optax.scale_by_adam(b1=config.adam_b1, b2=config.adam_b2, eps=config.adam_eps)]
+    if config.encoder_lr_scale != 1.0 or config.decoder_lr_scale != 1.0:
+        parts.append(scale_groups(config.encoder_lr_scale, config.decoder_lr_scale))
+    parts.append(optax.scale_by_learning_rate(lr_schedule(config, lr)))
     return optax.chain(*parts)
 
 

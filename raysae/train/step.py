@@ -92,7 +92,8 @@ def init_state(config: TrainConfig, d: int, *, d_out: int | None = None,
         key = jax.random.PRNGKey(config.seed) if key is None else key
         params = init_params(key, d, config.width, d_out=d_out, transcoder=config.transcoder,
                              threshold=config.threshold_init,
-                             decoder_norm=config.decoder_init_norm)
+                             decoder_norm=config.decoder_init_norm,
+                             encoder_norm=config.encoder_init_norm)
     params = SAEParams(*(jnp.asarray(p, jnp.float32) for p in params))
     opt_state = make_optimizer(config).init(params)
     return TrainState(params=params, opt_state=opt_state, step=jnp.zeros((), jnp.int32),

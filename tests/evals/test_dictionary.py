@@ -56,3 +56,17 @@ def test_interpolation_in_log_l0():
     pts = [{"l0": 4, "fvu": 0.4, "recovery": 0.2}, {"l0": 16, "fvu": 0.2, "recovery": 0.6}]
     out = interpolate_at_l0(pts, (8, 32), keys=("fvu", "recovery"))
     assert out[8]["fvu"] == pytest.approx(0.3) and out[32] is None
+
+
+def test_without_a_known_dictionary_only_the_reconstruction_metrics():
+    kd = _orthogonal_problem()
+    x = kd.sample(2048, np.random.default_rng(1))
+    sae = _ideal_sae(kd.features, extra=8, rng=np.random.default_rng(2))
+    m = dictionary_metrics(sae, x, None)
+    full = dictionary_metrics(sae, x, kd.features)
+    assert {k: m[k] for k in ("fvu", "l0", "dead")} == {k: full[k] for k in ("fvu", "l0", "dead")}
+    assert m["recovery"] is None and m["mcc"] is None
+    # interpolation carries None for the metrics a real-activation run does not have
+    pts = [dict(m, l0=4.0), dict(m, l0=16.0, fvu=0.1)]
+    row = interpolate_at_l0(pts, targets=(8,))[8]
+    assert row["recovery"] is None and row["fvu"] == pytest.approx(m["fvu"] + 0.5 * (0.1 - m["fvu"]))

@@ -20,20 +20,24 @@ def test_the_recipes_fill_what_is_not_given():
     c = TrainConfig()
     assert (c.recipe, c.decoder_init_norm, c.decoder_unit_norm, c.project_decoder_grads,
             c.lr_decay_steps, c.sparsity_warmup_start, c.sparsity_loss,
-            c.dead_preact_coefficient) == ("gemma-scope", 1.0, True, True, 0, 0.0, "l0", 0.0)
+            c.dead_preact_coefficient, c.encoder_init_norm, c.encoder_lr_scale,
+            c.decoder_lr_scale) == ("gemma-scope", 1.0, True, True, 0, 0.0, "l0", 0.0, 1.0, 1.0,
+                                    1.0)
     s = TrainConfig(recipe="small-budget", steps=3000, lr=1e-3)
     assert s.lr == 1e-3  # given: kept
     want = recipe_values("small-budget", 3000)
-    assert (s.sparsity_warmup_steps, s.lr_decay_steps, s.dead_preact_window_steps,
-            s.bandwidth, s.decoder_unit_norm) == (1500, 600, 100, 0.07, False) == \
-        tuple(want[k] for k in ("sparsity_warmup_steps", "lr_decay_steps",
-                                "dead_preact_window_steps", "bandwidth", "decoder_unit_norm"))
+    names = ("sparsity_warmup_steps", "lr_decay_steps", "dead_preact_window_steps", "bandwidth",
+             "decoder_unit_norm", "decoder_init_norm", "encoder_init_norm", "encoder_lr_scale",
+             "decoder_lr_scale")
+    assert tuple(getattr(s, k) for k in names) == (0, 600, 100, 0.07, False, 0.025, 0.4, 4.0,
+                                                   0.25) == tuple(want[k] for k in names)
     # step-dependent values follow a new step count; given ones stay
     t = s.with_(steps=1000)
-    assert (t.sparsity_warmup_steps, t.lr_decay_steps, t.lr) == (500, 200, 1e-3)
+    assert (t.lr_decay_steps, t.dead_preact_window_steps, t.lr) == (200, 33, 1e-3)
     # the record holds the recipe and every effective value, and builds the same config
     d = to_dict(t)
-    assert d["recipe"] == "small-budget" and d["sparsity_warmup_steps"] == 500
+    assert d["recipe"] == "small-budget" and d["lr_decay_steps"] == 200
+    assert d["encoder_init_norm"] == 0.4 and d["decoder_lr_scale"] == 0.25
     assert from_dict(TrainConfig, d) == t and "derived" not in d
     with pytest.raises(ConfigError, match="recipe"):
         from_dict(TrainConfig, {"recipe": "nope"})
@@ -91,3 +95,34 @@ def test_quadratic_and_dead_preact_losses():
     assert float(g.b_enc[3] - g0.b_enc[3]) < 0
     with pytest.raises((ValueError, ConfigError)):
         TrainConfig(sparsity_loss="quadratic")
+
+
+def test_encoder_init_norm_and_per_group_learning_rates():
+    # the encoder starts as the decoder's transpose with its own column norm
+    p = init_params(jax.random.PRNGKey(0), 8, 32, decoder_norm=0.025, encoder_norm=0.4)
+    assert np.allclose(np.linalg.norm(p.W_dec, axis=1), 0.025, atol=1e-6)
+    assert np.allclose(np.linalg.norm(p.W_enc, axis=0), 0.4, atol=1e-6)
+    assert np.allclose(p.W_enc, p.W_dec.T * 16, atol=1e-6)
+    assert TrainConfig(decoder_init_norm=0.1).encoder_init_norm == 0.1  # the paper's transpose
+    with pytest.raises(ConfigError, match="encoder_lr_scale"):
+        TrainConfig(encoder_lr_scale=0.0)
+
+    # one step: W_enc moves encoder_lr_scale times, W_dec and b_dec decoder_lr_scale times as
+    # far as with the base lr (the same gradients, Adam's first step); b_enc and θ as far
+    x = jax.random.normal(jax.random.PRNGKey(1), (64, 8))
+    base = TrainConfig(width=32, batch_size=64, steps=10, lr=1e-3, lr_warmup_steps=0,
+                       decoder_init_norm=0.1, decoder_unit_norm=False,
+                       project_decoder_grads=False, threshold_init=0.01)
+    moves = {}
+    for enc, dec in ((1.0, 1.0), (3.0, 0.5)):
+        cfg = base.with_(encoder_lr_scale=enc, decoder_lr_scale=dec)
+        s0 = init_state(cfg, 8)
+        s1, _ = train_step(s0, x, None, cfg)
+        moves[enc, dec] = jax.tree.map(lambda a, b: np.asarray(a - b), s1.params, s0.params)
+    one, scaled = moves[1.0, 1.0], moves[3.0, 0.5]
+    assert np.abs(one.W_enc).max() > 0 and np.abs(one.b_dec).max() > 0
+    np.testing.assert_allclose(scaled.W_enc, 3.0 * one.W_enc, rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(scaled.W_dec, 0.5 * one.W_dec, rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(scaled.b_dec, 0.5 * one.b_dec, rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(scaled.b_enc, one.b_enc, rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(scaled.threshold, one.threshold, rtol=1e-4, atol=1e-9)

@@ -31,7 +31,7 @@ BUDGET = dict(width=WIDTH, steps=STEPS, batch_size=BATCH, log_every=STEPS,
               checkpoint_every=10**9, seed=0)
 PAPER = TrainConfig(**BUDGET, sparsity_coefficient=0.05, lr=3e-3, lr_warmup_steps=100,
                     sparsity_warmup_steps=1000)
-NEW = TrainConfig(recipe="small-budget", **BUDGET, sparsity_coefficient=0.015)
+NEW = TrainConfig(recipe="small-budget", **BUDGET, sparsity_coefficient=0.02)
 
 
 @functools.lru_cache(maxsize=None)
