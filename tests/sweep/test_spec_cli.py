@@ -234,8 +234,8 @@ def test_a_recipe_is_chosen_in_the_sweep_and_derived_per_trial(sweep_yaml):
                                           "tokens=25600", "train.lr=0.002"])
     a, b = (config.trial_train_config(w, 0.01, "res:1") for w in (64, 128))
     assert a.recipe == b.recipe == "small-budget" and a.lr == b.lr == 0.002  # given: kept
-    assert (a.steps, a.sparsity_warmup_steps, a.lr_decay_steps) == (100, 50, 20)
-    assert (b.steps, b.sparsity_warmup_steps, b.lr_decay_steps) == (200, 100, 40)
+    assert (a.steps, a.dead_preact_window_steps, a.lr_decay_steps) == (100, 3, 20)
+    assert (b.steps, b.dead_preact_window_steps, b.lr_decay_steps) == (200, 6, 40)
     assert load_sweep(sweep_file("tiny")).train.recipe == "small-budget"
     paper = load_sweep(str(sweep_yaml)).trial_train_config(64, 0.01, "res:1")
     assert (paper.recipe, paper.bandwidth, paper.decoder_unit_norm) == ("gemma-scope", 0.001, True)
