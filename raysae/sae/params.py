@@ -68,9 +68,9 @@ def init_params(key: jax.Array, d: int, width: int, *, d_out: int | None = None,
         if d_out != d:
             raise ValueError(f"an SAE needs d_out == d (got d={d}, d_out={d_out}); "
                              "use transcoder=True for different input and target widths")
-        W_enc = W_dec.T
-        if encoder_norm is not None:
-            W_enc = unit_rows(W_dec).T * encoder_norm
+        # A ratio, so that encoder_norm equal to the decoder's gives exactly W_decᵀ.
+        ratio = 1.0 if encoder_norm is None else encoder_norm / (decoder_norm or 1.0)
+        W_enc = W_dec.T if ratio == 1.0 else W_dec.T * ratio
     return SAEParams(
         W_enc=W_enc,
         W_dec=W_dec,

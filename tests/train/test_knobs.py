@@ -104,6 +104,8 @@ def test_encoder_init_norm_and_per_group_learning_rates():
     assert np.allclose(np.linalg.norm(p.W_enc, axis=0), 0.4, atol=1e-6)
     assert np.allclose(p.W_enc, p.W_dec.T * 16, atol=1e-6)
     assert TrainConfig(decoder_init_norm=0.1).encoder_init_norm == 0.1  # the paper's transpose
+    same = init_params(jax.random.PRNGKey(0), 8, 32, decoder_norm=0.1, encoder_norm=0.1)
+    assert np.array_equal(same.W_enc, same.W_dec.T)  # exactly, not to rounding
     with pytest.raises(ConfigError, match="encoder_lr_scale"):
         TrainConfig(encoder_lr_scale=0.0)
 
